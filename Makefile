@@ -1,0 +1,44 @@
+# `make preprocess && make train` runs the embedded default; `make test` runs the suite.
+# The virtual environment in .venv/ is created on first use and re-installed when pyproject.toml changes.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := true
+
+.PHONY: all install preprocess train check test bench clean
+
+all: preprocess train
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data/tokenizer/tokenizer.json: $(STAMP) pipeline/demo_tokenizer.py data/corpus.txt
+	$(PY) -m pipeline build-demo-tokenizer --out data/tokenizer
+
+preprocess: $(STAMP) data/tokenizer/tokenizer.json
+	$(PY) -m pipeline preprocess --config data/preprocess.yaml --out $(OUT)/shards
+
+train: $(STAMP)
+	$(PY) -m pipeline train --config data/train.yaml --data $(OUT)/shards --out $(OUT)/run
+
+check: $(STAMP)
+	$(PY) -m pipeline check $(OUT)/shards --report $(OUT)/report.html
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pipeline.bench
+
+clean:
+	rm -rf $(OUT)

@@ -1,0 +1,58 @@
+"""Typed errors. A `RowError` rejects one row and goes to rejects.jsonl; the others stop the run.
+
+Library code raises these and never imports click: the CLI maps them to exit codes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class PipelineError(Exception):
+    """The run cannot go on (unreadable file, unusable tokenizer, ...). The CLI exits 2 or 1 with the message."""
+
+
+class InputError(PipelineError):
+    """An input file cannot be read at all (missing, undecodable container, unknown format)."""
+
+
+class ConfigError(PipelineError):
+    """A config file or option combination is invalid; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class RowError(Exception):
+    """One input row that cannot be used. Reads `file:line: field: message`; `reason` is a short snake_case code."""
+
+    source: str
+    row: int
+    reason: str
+    message: str
+    field: str = ""
+    raw: Any = None
+    id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.row}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The rejects.jsonl line for this row."""
+        return {
+            "source": self.source,
+            "row": self.row,
+            "id": self.id,
+            "field": self.field,
+            "reason": self.reason,
+            "message": self.message,
+            "raw": self.raw,
+            **self.extra,
+        }
