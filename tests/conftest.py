@@ -1,0 +1,42 @@
+"""Shared fixtures. Real tokenizers and corpora live in ../shared (or $CHATSHARD_SHARED); tests that need them skip
+cleanly when it is absent, so the suite runs on the project's own data alone."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CHATSHARD_SHARED", REPO.parent / "shared"))
+DEMO_TOKENIZER = REPO / "data" / "tokenizer"
+REAL_TOKENIZERS = ["glm4", "qwen2.5", "qwen3", "llama3.2", "llama3", "openhermes-mistral", "gpt2"]
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared folder, or a clean skip when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (shared test assets are optional)")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def real_tokenizer(name: str):
+    """A real tokenizer from ../shared/tokenizers, loaded once per test session."""
+    return _load_tokenizer(str(shared_path("tokenizers", name)))
+
+
+def demo_tokenizer():
+    """The project's own demo tokenizer (data/tokenizer), loaded once per test session."""
+    return _load_tokenizer(str(DEMO_TOKENIZER))
