@@ -4,7 +4,8 @@ Library code raises these and never imports click: the CLI maps them to exit cod
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 
@@ -35,7 +36,7 @@ class RowError(Exception):
     field: str = ""
     raw: Any = None
     id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = dataclass_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__(str(self))
