@@ -1,0 +1,147 @@
+"""`TrainConfig`: every option of `python -m pipeline train`, with its default. Defaults live here only.
+
+A YAML file lists what differs from these defaults; command-line flags override the file. Unknown keys, wrong types
+and bad combinations are all collected and reported at once (`load_train_config`), before any model is built.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+# Options that decide the model, the data order or what one optimizer step contains. A resumed run must use the
+# checkpoint's values for these (the loop refuses a mismatch, naming each field).
+RESUME_FIXED = (
+    "model", "tiny_arch", "tiny_layers", "tiny_hidden", "tiny_heads", "lora", "lora_r", "lora_alpha",
+    "lora_target_modules", "packing", "pack_length", "batch_size", "batch_tokens", "grad_accum", "bucket_batches",
+    "seed",
+)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # I/O
+    data: Path = Field(description="shard directory written by `preprocess` (manifest.json, train/, tokenizer/)")
+    out: Path = Field(description="run directory: metrics.jsonl, loss.png, checkpoints/, final/")
+    resume: bool = False  # continue from the newest checkpoint in `out`
+    # model
+    model: str = "tiny"  # "tiny" (random init, sized to the shards' vocabulary) or a local pretrained model dir
+    tiny_arch: Literal["llama", "qwen2"] = "llama"
+    tiny_layers: int = Field(2, ge=1)
+    tiny_hidden: int = Field(128, ge=8)  # MLP width is 4x this
+    tiny_heads: int = Field(4, ge=1)
+    gradient_checkpointing: bool = False
+    # LoRA (peft); only the adapters are trained
+    lora: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # data
+    batch_size: int | None = Field(8, ge=1)  # sequences (packed rows when packing) per micro-batch, per rank
+    batch_tokens: int | None = Field(None, ge=1)  # or: at most this many padded tokens per micro-batch
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step, per rank
+    packing: bool = False  # concatenate samples into rows of `pack_length`, no attention across samples
+    pack_length: int | None = Field(None, ge=2)  # default: the longest sample in the shards
+    bucket_batches: int = Field(16, ge=1)  # padding: shuffle, then sort by length within buckets of this many batches
+    # optimizer and schedule
+    lr: float = Field(3e-4, gt=0)
+    min_lr: float = Field(3e-5, ge=0)  # the cosine floor
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)  # applied to matrices only, not to norms and biases
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 disables clipping
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; or:
+    epochs: float | None = Field(None, gt=0)  # passes over the train split (default 1 when neither is set)
+    # evaluation, checkpoints, logging
+    eval_interval: int = Field(0, ge=0)  # steps between eval-loss runs (0: only at the end); needs an eval split
+    eval_batches: int | None = Field(None, ge=1)  # cap on eval micro-batches per evaluation (default: whole split)
+    save_interval: int = Field(0, ge=0)  # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = Field(2, ge=1)  # newest N kept
+    log_interval: int = Field(1, ge=1)  # steps between metrics.jsonl lines
+    rank_log: bool = False  # write ranks/rank<R>.jsonl: the sample ids each rank trained on, and a weights digest
+    # system
+    seed: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA; a CPU run always computes in fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "TrainConfig":
+        set_ = self.model_fields_set
+        problems = []
+        if self.batch_size is not None and self.batch_tokens is not None and {"batch_size", "batch_tokens"} <= set_:
+            problems.append("batch_size and batch_tokens: give one of them (sequences or tokens per micro-batch)")
+        if self.batch_size is None and self.batch_tokens is None:
+            problems.append("batch_size and batch_tokens: one of them is needed")
+        if self.max_steps is not None and self.epochs is not None:
+            problems.append("max_steps and epochs: give one of them, not both")
+        if self.pack_length is not None and not self.packing:
+            problems.append("pack_length is set but packing is false")
+        if self.packing and self.batch_tokens is not None and self.pack_length is not None:
+            if self.batch_tokens < self.pack_length:
+                problems.append(f"batch_tokens ({self.batch_tokens}) is below pack_length ({self.pack_length}): "
+                                "not one packed row fits a micro-batch")
+        lora_keys = sorted(k for k in set_ if k.startswith("lora_"))
+        if lora_keys and not self.lora:
+            problems.append(f"{', '.join(lora_keys)} set but lora is false")
+        tiny_keys = sorted(k for k in set_ if k.startswith("tiny_"))
+        if tiny_keys and self.model != "tiny":
+            problems.append(f"{', '.join(tiny_keys)} set but model is {self.model!r}, not 'tiny'")
+        if self.tiny_hidden % self.tiny_heads:
+            problems.append(f"tiny_hidden ({self.tiny_hidden}) must be a multiple of tiny_heads ({self.tiny_heads})")
+        if self.min_lr > self.lr:
+            problems.append(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
+        if self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            problems.append(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def effective(self) -> "TrainConfig":
+        """With the batch unit settled: `batch_tokens` given alone means no `batch_size`."""
+        if self.batch_tokens is not None and "batch_size" not in self.model_fields_set:
+            return self.model_copy(update={"batch_size": None})
+        return self
+
+
+def load_train_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config from a YAML file (optional) with `overrides` (CLI flags that were given) on top.
+
+    Raises `ConfigError` listing every problem: unreadable file, unknown keys, wrong types, bad combinations.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError([f"{path}: cannot read the config file: {e}"]) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([f"{path}: the config file must be a mapping of keys to values"])
+        raw.update(loaded or {})
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return TrainConfig.model_validate(raw).effective
+    except ValidationError as e:
+        raise ConfigError(_problems(e, source=str(path) if path else None)) from None
+
+
+def _problems(error: ValidationError, *, source: str | None) -> list[str]:
+    problems = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + (f" (in {source})" if source else "")
+        if loc:
+            problems.append(f"{loc}: {msg}")
+        else:
+            problems.extend(msg.splitlines())
+    return problems

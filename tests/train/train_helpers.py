@@ -1,0 +1,89 @@
+"""Small fake `preprocess` outputs in the exact shard layout, for the trainer's tests.
+
+`write_shards` saves a DatasetDict with `save_to_disk` (train/, eval/, dataset_dict.json), a manifest.json and,
+when asked, a real word-level tokenizer with a chat template in tokenizer/. Samples are random token ids with a
+random-length untrained prompt (labels -100) and a trained reply (labels = input ids), so micro-batches differ in
+how many tokens they train.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+VOCAB = 64
+SPECIAL = ["<pad>", "<|user|>", "<|assistant|>", "<|end|>"]  # ids 0..3; words w4 .. w63 follow
+CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' }} {{ m['content'] }} {{ '<|end|>' }} "
+                 "{% endfor %}")
+
+
+def make_samples(n: int, *, seed: int = 0, min_len: int = 6, max_len: int = 40) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        length = int(rng.integers(min_len, max_len + 1))
+        ids = rng.integers(4, VOCAB, size=length).astype(np.int32)
+        prompt = int(rng.integers(1, length - 1))
+        labels = ids.copy()
+        labels[:prompt] = -100
+        out.append({"input_ids": ids.tolist(), "labels": labels.tolist(), "length": length, "id": f"s{seed}-{i}",
+                    "source": "fake.jsonl", "row": i + 1})
+    return out
+
+
+def write_shards(path: Path, *, n_train: int = 48, n_eval: int = 8, seed: int = 0, tokenizer: bool = False,
+                 vocab_size: int = VOCAB, version: int = 1, max_len: int = 40) -> Path:
+    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+
+    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
+                         "length": Value("int32"), "id": Value("string"), "source": Value("string"),
+                         "row": Value("int64")})
+    splits = {"train": make_samples(n_train, seed=seed, max_len=max_len)}
+    if n_eval:
+        splits["eval"] = make_samples(n_eval, seed=seed + 1000, max_len=max_len)
+    dd = DatasetDict({name: Dataset.from_list(rows, features=features) for name, rows in splits.items()})
+    dd.save_to_disk(str(path))
+    manifest = {
+        "version": version,
+        "tokenizer": {"vocab_size": vocab_size, "pad_token_id": 0, "eos_token_id": 3, "bos_token_id": None},
+        "splits": {name: {"rows": len(rows), "tokens": sum(r["length"] for r in rows),
+                          "trained_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in rows)}
+                   for name, rows in splits.items()},
+        "config": {"fake": True},
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2))
+    (path / "rejects.jsonl").write_text("")
+    (path / "tokenizer").mkdir(exist_ok=True)
+    if tokenizer:
+        save_word_tokenizer(path / "tokenizer")
+    return path
+
+
+def save_word_tokenizer(folder: Path) -> None:
+    """A real fast tokenizer (word level, VOCAB entries) with a chat template, saved with save_pretrained."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIAL), VOCAB)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>",
+                                  additional_special_tokens=SPECIAL[1:])
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(folder))
+
+
+def run_cli(*args: str, env: dict | None = None, prelude: str = "", launcher: list[str] | None = None,
+            timeout: int = 120) -> subprocess.CompletedProcess:
+    """`python -m pipeline ...` in a fresh process (one thread), optionally with code run before the CLI."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+                **(env or {})}
+    code = prelude + "\nimport sys\nfrom pipeline.cli import main\nsys.exit(main())\n"
+    cmd = [*launcher, "-m", "pipeline", *args] if launcher else [sys.executable, "-c", code, *args]
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
