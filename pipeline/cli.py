@@ -92,3 +92,20 @@ def train_command(config: str | None, **flags) -> None:
         raise click.ClickException(str(e)) from None
     if result is not None:
         click.echo(result.summary())
+
+
+# --- build-demo-tokenizer ----------------------------------------------------------------------------------------
+from pathlib import Path  # noqa: E402  (kept inside this block: each command block is self-contained)
+
+
+@main.command("build-demo-tokenizer")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default="data/corpus.txt",
+              show_default=True, help="Training text for the byte-level BPE.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/tokenizer", show_default=True,
+              help="Folder to write tokenizer.json and tokenizer_config.json to.")
+def build_demo_tokenizer_command(corpus: Path, out: Path) -> None:
+    """Train the demo tokenizer (byte-level BPE, GLM-4 special tokens and chat template). Deterministic."""
+    from pipeline.demo_tokenizer import build_demo_tokenizer
+
+    build_demo_tokenizer(corpus, out)
+    click.echo(f"wrote {out}/tokenizer.json and {out}/tokenizer_config.json")
