@@ -1,0 +1,82 @@
+"""Presets that reproduce a reference tool label for label, on top of the one rendering.
+
+- `glm4`: GLM-4 `finetune.py` `process_batch`: `[gMASK]<sop>`, then each message rendered alone minus its first two
+  tokens, system/user/observation masked and other roles trained, eos appended, the mask shifted right by one.
+- `trl_completion_only`: TRL's `DataCollatorForCompletionOnlyLM`, from response (and instruction) template ids.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.mask import IGNORE_INDEX
+from pipeline.render import Renderer
+from pipeline.tokenize import encode_batch
+from schemas.records import Conversation
+
+GLM4_PREFIX = ("[gMASK]", "<sop>")
+_GLM4_MASKED_ROLES = ("system", "user", "observation")
+
+
+def glm4_messages(renderer: Renderer, conversation: Conversation) -> list[dict]:
+    """The messages GLM-4 renders one by one: tools stay on the system message only, None values dropped."""
+    messages, _ = renderer.template_messages(conversation, wrap=False)
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+def glm4_rows(renderer: Renderer, tokenizer, conversations: list[Conversation]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input_ids, labels) per conversation as GLM-4's per-message process_batch builds them."""
+    prefix = tokenizer.convert_tokens_to_ids(list(GLM4_PREFIX))
+    per_conversation = [glm4_messages(renderer, c) for c in conversations]
+    texts = [renderer.render_messages([m], None) for ms in per_conversation for m in ms]
+    encoded = iter(encode_batch(tokenizer, texts))
+    rows = []
+    for messages in per_conversation:
+        ids, mask = list(prefix), [False, False]
+        for message in messages:
+            piece = next(encoded).input_ids[2:].tolist()
+            ids += piece
+            mask += [message["role"] not in _GLM4_MASKED_ROLES] * len(piece)
+        ids.append(tokenizer.eos_token_id)
+        shifted = np.array([False, *mask])
+        ids_array = np.array(ids, dtype=np.int64)
+        rows.append((ids_array, np.where(shifted, ids_array, IGNORE_INDEX).astype(np.int32)))
+    return rows
+
+
+def trl_completion_labels(
+    input_ids: np.ndarray, *, response_ids: list[int], instruction_ids: list[int] | None, pad_id: int | None
+) -> np.ndarray:
+    """Labels as TRL's completion-only collator sets them on one unpadded sequence.
+
+    With only a response template, everything up to the end of its last occurrence is masked (only the last
+    response trains). With an instruction template too, each instruction..response stretch is masked. Tokens equal
+    to the pad id are masked as the collator's parent does."""
+    labels = input_ids.astype(np.int32, copy=True)
+    response_ends = [i + len(response_ids) for i in _occurrences(input_ids, response_ids)]
+    if instruction_ids is None:
+        if not response_ends:
+            labels[:] = IGNORE_INDEX
+        else:
+            labels[: response_ends[-1]] = IGNORE_INDEX
+    else:
+        human_starts = _occurrences(input_ids, instruction_ids)
+        if not response_ends or not human_starts:
+            labels[:] = IGNORE_INDEX
+        if human_starts and response_ends and human_starts[0] > response_ends[0]:
+            human_starts = [0, *human_starts]
+        for k, (start, end) in enumerate(zip(human_starts, response_ends)):
+            labels[(start if k else 0) : end] = IGNORE_INDEX
+        if human_starts and len(response_ends) < len(human_starts):
+            labels[human_starts[-1] :] = IGNORE_INDEX
+    if pad_id is not None:
+        labels[input_ids == pad_id] = IGNORE_INDEX
+    return labels
+
+
+def _occurrences(ids: np.ndarray, pattern: list[int]) -> list[int]:
+    """Start positions of `pattern` in `ids` (vectorised first-token match, then a full compare)."""
+    if not pattern or len(ids) < len(pattern):
+        return []
+    candidates = np.flatnonzero(ids[: len(ids) - len(pattern) + 1] == pattern[0])
+    target = np.asarray(pattern)
+    return [int(i) for i in candidates if np.array_equal(ids[i : i + len(pattern)], target)]

@@ -1,0 +1,246 @@
+"""Render a conversation once with its chat template and record where each message's trainable text landed.
+
+Each trainable piece (content, reasoning, tool-call name) is wrapped in private-use sentinels, the conversation is
+rendered, the sentinels are stripped and their character spans recorded. The conversation is also rendered once
+without sentinels: that is the text that gets tokenized. When a template transforms content (Llama 3's `| trim`,
+Qwen3 dropping earlier reasoning) the two renderings differ, and the spans are carried over by aligning them.
+A piece that cannot be located in the real rendering is a row error, never a guessed mask.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from functools import lru_cache
+
+from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
+
+from pipeline.errors import RowError
+from schemas.records import Conversation, Message
+
+OPEN, CLOSE, END = "\U000f0000", "\U000f0001", "\U000f0002"
+_SENTINEL = re.compile(f"([{OPEN}{CLOSE}])(\\d+){END}")
+_RESERVED = re.compile(f"[{OPEN}{CLOSE}{END}]")
+FIXED_DATE = datetime(2024, 1, 1)
+"""What `strftime_now` returns inside templates, so that renderings are reproducible."""
+
+_MESSAGE_TOOLS = re.compile(r"(?:message|item|msg|m)\s*(?:\[\s*['\"]tools['\"]\s*\]|\.tools\b)")
+
+
+@dataclass(frozen=True)
+class Span:
+    """Characters [start, end) of the rendered text that hold one trainable piece of message `message`."""
+
+    message: int
+    kind: str  # "content" | "reasoning" | "tool_name"
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One conversation's rendered text and the spans of its trainable pieces, in message order."""
+
+    text: str
+    spans: tuple[Span, ...]
+
+
+@dataclass(frozen=True)
+class TemplateTraits:
+    """What a template expects, read once from its source: where tools go, how tool results are named."""
+
+    tools_on_system_message: bool
+    renders_tool_calls: bool
+    tool_role: str
+
+    @classmethod
+    def of(cls, template: str, special_tokens: set[str]) -> "TemplateTraits":
+        return cls(
+            tools_on_system_message=bool(_MESSAGE_TOOLS.search(template)),
+            renders_tool_calls="tool_calls" in template,
+            tool_role="observation" if "<|observation|>" in special_tokens else "tool",
+        )
+
+
+class Renderer:
+    """Renders conversations with one chat template. Built once per run (or worker); called per conversation."""
+
+    def __init__(self, template: str, *, special_tokens_map: dict[str, Any], special_tokens: set[str]):
+        self.template = template
+        self.traits = TemplateTraits.of(template, special_tokens)
+        self._kwargs = special_tokens_map
+        _with_fixed_clock(template)
+
+    def __call__(self, conversation: Conversation, trained: frozenset[int] | None = None) -> Rendered:
+        """Render one conversation; raise RowError(template_error) when the template refuses it, or when it drops
+        or rewrites the text of a message in `trained` (all messages when None) beyond trimming its edges."""
+        plain, _ = self.template_messages(conversation, wrap=False)
+        marked, pieces = self.template_messages(conversation, wrap=True)
+        tools = list(conversation.tools) if conversation.tools else None
+        try:
+            text = self.render_messages(plain, tools)
+            marked_text = self.render_messages(marked, tools)
+        except Exception as exc:  # a template's raise_exception, or a template bug on this data
+            raise _template_error(conversation, f"the chat template refused this conversation: {exc}") from None
+        stripped, spans = _strip_sentinels(marked_text, pieces)
+        if stripped != text:
+            spans = _align_spans(stripped, text, spans)
+        _check_spans(conversation, text, spans, pieces, trained)
+        return Rendered(text=text, spans=tuple(spans))
+
+    def render_messages(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        """Render template-ready messages exactly as `apply_chat_template(..., tokenize=False)` does."""
+        rendered, _ = render_jinja_template(
+            conversations=[messages], tools=tools, chat_template=self.template, **self._kwargs
+        )
+        return rendered[0]
+
+    def template_messages(
+        self, conversation: Conversation, *, wrap: bool
+    ) -> tuple[list[dict[str, Any]], dict[int, tuple[int, str, str]]]:
+        """The messages as HF chat templates read them. With `wrap`, trainable strings carry numbered sentinels;
+        the returned map gives each sentinel number its (message index, kind, original text)."""
+        pieces: dict[int, tuple[int, str, str]] = {}
+
+        def mark(index: int, kind: str, text: str) -> str:
+            if not wrap or not text:
+                return text
+            number = len(pieces)
+            pieces[number] = (index, kind, text)
+            return f"{OPEN}{number}{END}{text}{CLOSE}{number}{END}"
+
+        out: list[dict[str, Any]] = []
+        for index, message in enumerate(conversation.messages):
+            out.append(self._template_message(index, message, mark))
+        if conversation.tools and self.traits.tools_on_system_message:
+            if out and out[0]["role"] == "system":
+                out[0]["tools"] = list(conversation.tools)
+            else:
+                out.insert(0, {"role": "system", "content": "", "tools": list(conversation.tools)})
+        return out, pieces
+
+    def _template_message(self, index: int, message: Message, mark) -> dict[str, Any]:
+        role = self.traits.tool_role if message.role == "tool" else message.role
+        content = message.content
+        calls = message.tool_calls or ()
+        if calls and not self.traits.renders_tool_calls:
+            # Templates without tool-call support (GLM-4) get the call as GLM-4 writes it: JSON content.
+            written = "\n".join(
+                json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False) for c in calls
+            )
+            content = f"{content}\n{written}" if content else written
+            calls = ()
+        out: dict[str, Any] = {"role": role, "content": mark(index, "content", content)}
+        if message.reasoning_content:
+            out["reasoning_content"] = mark(index, "reasoning", message.reasoning_content)
+        if calls:
+            out["tool_calls"] = [
+                {
+                    "type": "function",
+                    "function": {"name": mark(index, "tool_name", c.name), "arguments": c.arguments},
+                    **({"id": c.id} if c.id else {}),
+                }
+                for c in calls
+            ]
+        if message.name:
+            out["name"] = message.name
+        return out
+
+
+def renderer_args(tokenizer) -> dict[str, Any]:
+    """What a Renderer needs from the tokenizer, as plain data that can be sent to worker processes."""
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    tokens_map = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return {"special_tokens_map": tokens_map, "special_tokens": special}
+
+
+@lru_cache(maxsize=8)
+def _with_fixed_clock(template: str) -> None:
+    """Make `strftime_now` in this template return FIXED_DATE, so renderings do not change from day to day.
+
+    transformers compiles each template once (cached); its globals are the only place a callable can be given."""
+    _compile_jinja_template(template).globals["strftime_now"] = lambda fmt: FIXED_DATE.strftime(fmt)
+
+
+def _strip_sentinels(marked: str, pieces: dict[int, tuple[int, str, str]]) -> tuple[str, list[Span]]:
+    """Remove sentinels, returning the clean text and the span of every piece whose both sentinels survived."""
+    out: list[str] = []
+    opened: dict[int, int] = {}
+    spans: list[Span] = []
+    length = 0
+    position = 0
+    for match in _SENTINEL.finditer(marked):
+        chunk = marked[position : match.start()]
+        out.append(chunk)
+        length += len(chunk)
+        position = match.end()
+        number = int(match.group(2))
+        if number not in pieces:
+            continue
+        if match.group(1) == OPEN:
+            opened[number] = length
+        elif number in opened:
+            index, kind, _ = pieces[number]
+            spans.append(Span(index, kind, opened.pop(number), length))
+    out.append(marked[position:])
+    spans.sort(key=lambda s: (s.start, s.end))
+    return "".join(out), spans
+
+
+def _align_spans(stripped: str, text: str, spans: list[Span]) -> list[Span]:
+    """Carry spans from the sentinel rendering over to the real one through the blocks the two texts share."""
+    blocks = difflib.SequenceMatcher(None, stripped, text, autojunk=False).get_matching_blocks()
+    moved: list[Span] = []
+    for span in spans:
+        starts, ends = [], []
+        for a, b, size in blocks:
+            lo, hi = max(a, span.start), min(a + size, span.end)
+            if lo < hi:
+                starts.append(b + lo - a)
+                ends.append(b + hi - a)
+        if starts:
+            moved.append(Span(span.message, span.kind, min(starts), max(ends)))
+    return moved
+
+
+def _check_spans(conversation: Conversation, text: str, spans: list[Span], pieces, trained) -> None:
+    """Every trained piece must be in the rendering, verbatim up to edge whitespace the template trimmed."""
+    found = {(s.message, s.kind): s for s in spans}
+    for index, kind, original in pieces.values():
+        if trained is not None and index not in trained:
+            continue
+        span = found.get((index, kind))
+        if span is None:
+            if kind == "reasoning":
+                continue  # templates may drop earlier turns' reasoning: nothing of it is in the tokens
+            raise _template_error(conversation, "the chat template does not render this text", f"messages.{index}.{kind}")
+        located = text[span.start : span.end]
+        if located != original and located.strip() != original.strip():
+            raise _template_error(
+                conversation,
+                f"the chat template changes this text ({located[:40]!r} instead of {original[:40]!r})",
+                f"messages.{index}.{kind}",
+            )
+
+
+def _template_error(conversation: Conversation, message: str, field_path: str = "messages") -> RowError:
+    return RowError(
+        source=conversation.source,
+        row=conversation.row,
+        id=conversation.id,
+        reason="template_error",
+        field=field_path,
+        message=message,
+    )
+
+
+def contains_reserved_characters(conversation: Conversation) -> bool:
+    """True when the data itself holds a sentinel character (it would corrupt the spans)."""
+    return any(
+        _RESERVED.search(m.content) or (m.reasoning_content and _RESERVED.search(m.reasoning_content))
+        for m in conversation.messages
+    )

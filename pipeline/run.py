@@ -1,0 +1,386 @@
+"""Chain the stages: ingest -> render -> tokenize -> mask -> truncate -> shards. Workers, order and resume live here.
+
+Input rows are cut into fixed chunks of `rows_per_shard` rows; each chunk becomes one shard per split. Chunks depend
+only on the input, so the shards are the same bytes whatever the number of workers, and a finished chunk is
+recorded in a journal (`DIR/.work/`) that an interrupted run resumes from after checking its checksums.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.errors import PipelineError, RowError
+from pipeline.ingest import detect_format, read_conversations, resolve_inputs
+from pipeline.mask import message_regions, token_labels, trained_messages
+from pipeline.presets import glm4_rows, trl_completion_labels
+from pipeline.render import Rendered, Renderer, contains_reserved_characters, renderer_args
+from pipeline.shards import (
+    MANIFEST,
+    MANIFEST_VERSION,
+    Sample,
+    ShardInfo,
+    finalize_split,
+    sha256_file,
+    write_atomic,
+    write_dataset_dict,
+    write_manifest,
+    write_shard,
+)
+from pipeline.stats import Stats
+from pipeline.tokenize import (
+    chat_template_of,
+    control_token_pattern,
+    encode_batch,
+    load_tokenizer,
+    save_tokenizer,
+    special_token_ids,
+    tokenizer_summary,
+)
+from pipeline.truncate import apply_limit, drop_oldest_turn
+from schemas.config import PreprocessConfig
+from schemas.records import Conversation
+
+SPLITS = ("train", "eval")
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk of input rows produced."""
+
+    samples: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    rejects: list[RowError] = field(default_factory=list)
+    dropped: list[RowError] = field(default_factory=list)
+    warnings: list[RowError] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+
+class Processor:
+    """Everything built once per run: tokenizer, template, renderer. Turns a chunk of rows into samples."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+        self.tokenizer = load_tokenizer(config.render)
+        self.template = chat_template_of(self.tokenizer, config.render)
+        self.special_ids = special_token_ids(self.tokenizer)
+        self.control_tokens = control_token_pattern(self.tokenizer, self.template)
+        self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
+        self.limit = config.truncation.limit(config.mask.preset)
+        mask = config.mask
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        self.response_ids = encode(mask.response_template) if mask.response_template else None
+        self.instruction_ids = encode(mask.instruction_template) if mask.instruction_template else None
+        self._pool = None
+
+    def __enter__(self) -> "Processor":
+        if self.config.output.workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(
+                self.config.output.workers, initializer=_init_worker, initargs=(self.template, renderer_args(self.tokenizer))
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    def process(self, items: list[Conversation | RowError]) -> ChunkResult:
+        result = ChunkResult()
+        result.stats.read = len(items)
+        conversations: list[Conversation] = []
+        for item in items:
+            problem = item if isinstance(item, RowError) else self._content_problem(item)
+            if problem is not None:
+                result.rejects.append(problem)
+            else:
+                conversations.append(item)
+        batch = self.config.output.batch_size
+        for start in range(0, len(conversations), batch):
+            self._process_batch(conversations[start : start + batch], result)
+        result.stats.rejected.update(r.reason for r in result.rejects)
+        return result
+
+    def _content_problem(self, conversation: Conversation) -> RowError | None:
+        """Special tokens typed as text would be tokenized as control tokens; reserved characters break spans."""
+        if contains_reserved_characters(conversation):
+            return _row_error(conversation, "reserved_character", "messages", "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves")
+        if self.control_tokens is None or self.config.render.allow_special_tokens_in_content:
+            return None
+        for index, message in enumerate(conversation.messages):
+            for field_name, text in (("content", message.content), ("reasoning_content", message.reasoning_content)):
+                found = self.control_tokens.search(text or "")
+                if found:
+                    return _row_error(
+                        conversation,
+                        "special_token_in_content",
+                        f"messages.{index}.{field_name}",
+                        f"contains the special token {found.group(0)!r} as text (it would be tokenized as a control "
+                        "token; pass --allow-special-tokens to keep such rows)",
+                    )
+        return None
+
+    def _checked_messages(self, conversation: Conversation) -> frozenset[int]:
+        """The messages whose text the mask takes from the rendering, so the renderer must find them verbatim."""
+        mask = self.config.mask
+        if mask.preset != "default" or mask.train_on_prompt:
+            return frozenset()
+        return frozenset(trained_messages(conversation, mask))
+
+    def _render_all(self, conversations: list[Conversation]) -> list[Rendered | RowError]:
+        jobs = [(c, self._checked_messages(c)) for c in conversations]
+        if self._pool is not None:
+            chunk = max(1, len(jobs) // (4 * self.config.output.workers))
+            return self._pool.map(_render_in_worker, jobs, chunksize=chunk)
+        return [_render_or_error(self.renderer, *job) for job in jobs]
+
+    def _process_batch(self, conversations: list[Conversation], result: ChunkResult) -> None:
+        rendered = self._render_all(conversations)
+        ok = [(c, r) for c, r in zip(conversations, rendered) if not isinstance(r, RowError)]
+        result.rejects.extend(r for r in rendered if isinstance(r, RowError))
+        encoded = encode_batch(self.tokenizer, [r.text for _, r in ok])
+        if self.config.mask.preset == "glm4":
+            self._glm4_batch(ok, encoded, result)
+            return
+        for (conversation, render), enc in zip(ok, encoded):
+            labels = self._labels(conversation, render, enc)
+            ids = enc.input_ids
+            if self.config.mask.append_eos and self.tokenizer.eos_token_id is not None:
+                ids = np.append(ids, self.tokenizer.eos_token_id)
+                labels = np.append(labels, self.tokenizer.eos_token_id).astype(np.int32)
+            if self.config.truncation.strategy == "drop_oldest_turns" and self.limit and len(ids) > self.limit:
+                shortened = self._drop_oldest_turns(conversation)
+                if shortened is not None:
+                    ids, labels = shortened
+                    result.stats.notes["turns_dropped"] += 1
+            self._emit(conversation, ids, labels, result)
+
+    def _labels(self, conversation: Conversation, render: Rendered, enc) -> np.ndarray:
+        mask = self.config.mask
+        if mask.preset == "trl_completion_only":
+            return trl_completion_labels(
+                enc.input_ids,
+                response_ids=self.response_ids,
+                instruction_ids=self.instruction_ids,
+                pad_id=self.tokenizer.pad_token_id,
+            )
+        if mask.train_on_prompt:
+            return token_labels(enc.input_ids, enc.offsets, render, [], special_ids=self.special_ids, train_everything=True)
+        chosen = trained_messages(conversation, mask)
+        regions = message_regions(render, chosen, train_eot=mask.train_end_of_turn)
+        return token_labels(enc.input_ids, enc.offsets, render, regions, special_ids=self.special_ids)
+
+    def _drop_oldest_turns(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray] | None:
+        """Drop whole oldest rounds (system kept) until the sample fits; None if it never does."""
+        current = drop_oldest_turn(conversation)
+        while current is not None:
+            render = _render_or_error(self.renderer, current, self._checked_messages(current))
+            if isinstance(render, RowError):
+                return None
+            (enc,) = encode_batch(self.tokenizer, [render.text])
+            if len(enc.input_ids) <= self.limit:
+                return enc.input_ids, self._labels(current, render, enc)
+            current = drop_oldest_turn(current)
+        return None
+
+    def _glm4_batch(self, ok: list[tuple[Conversation, Rendered]], encoded, result: ChunkResult) -> None:
+        rows = glm4_rows(self.renderer, self.tokenizer, [c for c, _ in ok])
+        for (conversation, _), enc, (ids, labels) in zip(ok, encoded, rows):
+            if not np.array_equal(ids[:-1], enc.input_ids):
+                result.stats.notes["glm4_per_message_differs"] += 1
+                result.warnings.append(
+                    _row_error(
+                        conversation,
+                        "glm4_per_message_differs",
+                        "messages",
+                        "GLM-4's per-message tokens differ from the whole-conversation rendering; the glm4 preset "
+                        "writes GLM-4's per-message tokens (the default preset writes the exact rendering)",
+                    )
+                )
+            self._emit(conversation, ids, labels, result)
+
+    def _emit(self, conversation: Conversation, ids: np.ndarray, labels: np.ndarray, result: ChunkResult) -> None:
+        cut = apply_limit(ids, labels, limit=self.limit, strategy=self.config.truncation.strategy)
+        if cut.reason is not None:
+            result.stats.filtered[cut.reason] += 1
+            result.dropped.append(_row_error(conversation, cut.reason, "", _FILTER_MESSAGES[cut.reason].format(limit=self.limit)))
+            return
+        if cut.truncated:
+            result.stats.notes["truncated"] += 1
+        split = assign_split(conversation.id, self.config.output.eval_split, self.config.output.seed)
+        result.samples[split].append(Sample(cut.input_ids, cut.labels, conversation.id, conversation.source, conversation.row))
+        result.stats.written += 1
+
+
+_FILTER_MESSAGES = {
+    "too_long": "longer than the limit of {limit} tokens (truncation strategy 'drop')",
+    "too_long_after_dropping_turns": "still longer than {limit} tokens with only its last round left",
+    "no_trained_tokens": "no token is trained under the mask policy",
+    "no_trained_tokens_after_truncation": "no trained token is left after cutting to {limit} tokens",
+}
+
+
+_worker_renderer: Renderer | None = None
+
+
+def _init_worker(template: str, args: dict[str, Any]) -> None:
+    global _worker_renderer
+    _worker_renderer = Renderer(template, **args)
+
+
+def _render_in_worker(job: tuple[Conversation, frozenset[int]]) -> Rendered | RowError:
+    return _render_or_error(_worker_renderer, *job)
+
+
+def _render_or_error(renderer: Renderer, conversation: Conversation, trained: frozenset[int]) -> Rendered | RowError:
+    try:
+        return renderer(conversation, trained)
+    except RowError as error:
+        return error
+
+
+def _row_error(conversation: Conversation, reason: str, field_path: str, message: str) -> RowError:
+    return RowError(
+        source=conversation.source, row=conversation.row, id=conversation.id, reason=reason, field=field_path, message=message
+    )
+
+
+def assign_split(sample_id: str, eval_fraction: float, seed: int) -> str:
+    """A split from a hash of the id: stable across runs, chunking and workers."""
+    if eval_fraction <= 0:
+        return "train"
+    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
+    return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
+    """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run."""
+    paths = resolve_inputs(config.inputs)
+    inputs = [{"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size, "format": detect_format(p, config.source)} for p in paths]
+    with Processor(config) as processor:
+        summary = tokenizer_summary(processor.tokenizer, processor.template)
+        run_key = _fingerprint({"config": config.model_dump(mode="json"), "inputs": inputs, "tokenizer": summary, "version": __version__})
+        work = _prepare_work_dir(out, run_key)
+        stats = Stats()
+        shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
+        conversations = read_conversations(paths, config.source)
+        for index, chunk in enumerate(_chunks(conversations, config.output.rows_per_shard)):
+            journal = work / f"chunk-{index:05d}.json"
+            done = _load_finished_chunk(journal, work)
+            if done is None:
+                done = _write_chunk(work, index, processor.process(chunk))
+                write_atomic(journal, json.dumps(done, sort_keys=True).encode())
+            stats += Stats.from_json(done["stats"])
+            for split, info in done["shards"].items():
+                shards[split].append((work / info["file"], ShardInfo(**info)))
+        if not stats.balanced:
+            raise PipelineError(f"internal accounting error: {stats.to_json()}")
+        return _finalize(out, work, config, processor, inputs, summary, stats, shards)
+
+
+def _fingerprint(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _prepare_work_dir(out: Path, run_key: str) -> Path:
+    """The journal directory. A journal from a different config or different inputs is discarded, not reused."""
+    work = out / ".work"
+    key_file = work / "run.key"
+    if work.exists() and (not key_file.exists() or key_file.read_text() != run_key):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not key_file.exists():
+        write_atomic(key_file, run_key.encode())
+    return work
+
+
+def _load_finished_chunk(journal: Path, work: Path) -> dict[str, Any] | None:
+    """A finished chunk's record, if its journal exists and every file it names still has its checksum."""
+    if not journal.exists():
+        return None
+    done = json.loads(journal.read_text())
+    files = [work / info["file"] for info in done["shards"].values()] + [work / done["rejects"], work / done["warnings"]]
+    sums = [info["sha256"] for info in done["shards"].values()] + [done["rejects_sha256"], done["warnings_sha256"]]
+    if all(f.exists() and sha256_file(f) == s for f, s in zip(files, sums)):
+        return done
+    return None
+
+
+def _write_chunk(work: Path, index: int, result: ChunkResult) -> dict[str, Any]:
+    shards = {}
+    for split, samples in result.samples.items():
+        if samples:
+            info = write_shard(work / f"chunk-{index:05d}.{split}.arrow", samples)
+            shards[split] = info.to_json()
+    rejects, warnings = work / f"chunk-{index:05d}.rejects.jsonl", work / f"chunk-{index:05d}.warnings.jsonl"
+    write_atomic(rejects, _jsonl(result.rejects + result.dropped))
+    write_atomic(warnings, _jsonl(result.warnings))
+    return {
+        "shards": shards,
+        "rejects": rejects.name,
+        "rejects_sha256": sha256_file(rejects),
+        "warnings": warnings.name,
+        "warnings_sha256": sha256_file(warnings),
+        "stats": result.stats.to_json(),
+    }
+
+
+def _jsonl(errors: list[RowError]) -> bytes:
+    return "".join(json.dumps(e.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for e in errors).encode("utf-8")
+
+
+def _finalize(out, work, config, processor, inputs, summary, stats, shards) -> dict[str, Any]:
+    """Move everything into place; the manifest goes last, so a directory with one is complete."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    splits = {}
+    for split in SPLITS:
+        if shards[split]:
+            final = finalize_split(out / split, shards[split])
+            splits[split] = {
+                "rows": sum(s.rows for s in final),
+                "tokens": sum(s.tokens for s in final),
+                "trained_tokens": sum(s.trained_tokens for s in final),
+                "shards": [s.to_json() for s in final],
+            }
+    write_dataset_dict(out, list(splits))
+    for name in ("rejects", "warnings"):
+        parts = sorted(work.glob(f"chunk-*.{name}.jsonl"))
+        write_atomic(out / f"{name}.jsonl", b"".join(p.read_bytes() for p in parts))
+    tokenizer_dir = out / "tokenizer"
+    shutil.rmtree(tokenizer_dir, ignore_errors=True)
+    save_tokenizer(processor.tokenizer, processor.template, tokenizer_dir)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "tool": {"name": "chatshard", "version": __version__},
+        "config": config.model_dump(mode="json"),
+        "inputs": inputs,
+        "tokenizer": summary,
+        "chat_template": {
+            "source": config.render.chat_template or "tokenizer",
+            "sha256": summary["chat_template_sha256"],
+            "tool_role": processor.renderer.traits.tool_role,
+        },
+        "splits": splits,
+        "accounting": stats.to_json(),
+        "rejects_sha256": sha256_file(out / "rejects.jsonl"),
+    }
+    write_manifest(out, manifest)
+    shutil.rmtree(work)
+    return manifest

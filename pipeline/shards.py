@@ -1,0 +1,156 @@
+"""Arrow shards in the layout of `datasets.DatasetDict.save_to_disk`, written atomically and byte-reproducibly.
+
+Files are Arrow IPC streams with the `datasets` feature metadata, so `datasets.load_from_disk(DIR)` opens them and
+any Arrow reader memory-maps them. Nothing here depends on time, paths or randomness: the same rows give the same
+bytes. The manifest is written last, atomically, with sorted keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.mask import IGNORE_INDEX
+
+_FEATURES = {
+    "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
+    "labels": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
+    "length": {"dtype": "int32", "_type": "Value"},
+    "id": {"dtype": "string", "_type": "Value"},
+    "source": {"dtype": "string", "_type": "Value"},
+    "row": {"dtype": "int64", "_type": "Value"},
+}
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("length", pa.int32()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+    ],
+    metadata={"huggingface": json.dumps({"info": {"features": _FEATURES}})},
+)
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One written row."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    id: str
+    source: str
+    row: int
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What the manifest records per shard file."""
+
+    file: str
+    rows: int
+    tokens: int
+    trained_tokens: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, then rename over it: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
+    """Write one shard file atomically and return its manifest entry."""
+    lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
+    offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32), type=pa.int32())
+    flat_ids = np.concatenate([s.input_ids for s in samples]).astype(np.int32) if samples else np.zeros(0, np.int32)
+    flat_labels = np.concatenate([s.labels for s in samples]).astype(np.int32) if samples else np.zeros(0, np.int32)
+    table = pa.table(
+        {
+            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32())),
+            "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, type=pa.int32())),
+            "length": pa.array(lengths.astype(np.int32), type=pa.int32()),
+            "id": pa.array([s.id for s in samples], type=pa.string()),
+            "source": pa.array([s.source for s in samples], type=pa.string()),
+            "row": pa.array([s.row for s in samples], type=pa.int64()),
+        },
+        schema=SCHEMA,
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, SCHEMA) as writer:
+        writer.write_table(table, max_chunksize=1000)
+    write_atomic(path, sink.getvalue().to_pybytes())
+    return ShardInfo(
+        file=path.name,
+        rows=len(samples),
+        tokens=int(lengths.sum()),
+        trained_tokens=int(np.count_nonzero(flat_labels != IGNORE_INDEX)),
+        sha256=sha256_file(path),
+    )
+
+
+def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]]) -> list[ShardInfo]:
+    """Move a split's shard files into place under their `datasets` names and write its metadata files."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    total = len(shards)
+    final: list[ShardInfo] = []
+    for k, (path, info) in enumerate(shards):
+        name = f"data-{k:05d}-of-{total:05d}.arrow"
+        os.replace(path, split_dir / name)
+        final.append(ShardInfo(name, info.rows, info.tokens, info.trained_tokens, info.sha256))
+    fingerprint = hashlib.sha256("".join(s.sha256 for s in final).encode()).hexdigest()[:16]
+    state = {
+        "_data_files": [{"filename": s.file} for s in final],
+        "_fingerprint": fingerprint,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    info = {"citation": "", "description": "", "features": _FEATURES, "homepage": "", "license": ""}
+    write_atomic(split_dir / "state.json", _json_bytes(state))
+    write_atomic(split_dir / "dataset_info.json", _json_bytes(info))
+    return final
+
+
+def write_dataset_dict(out: Path, splits: list[str]) -> None:
+    write_atomic(out / "dataset_dict.json", _json_bytes({"splits": splits}))
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Written last: a directory with a manifest is a complete output."""
+    write_atomic(out / MANIFEST, _json_bytes(manifest))
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -1,0 +1,124 @@
+"""Load the fast tokenizer and its chat template, and encode rendered texts in large batches with offsets.
+
+The Rust tokenizer does the work on all cores; everything here is kept off that hot path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.templates import load_template
+from schemas.config import RenderConfig
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized text: ids and (n, 2) character offsets into it."""
+
+    input_ids: np.ndarray
+    offsets: np.ndarray
+
+
+def load_tokenizer(config: RenderConfig):
+    """The fast tokenizer at `config.tokenizer`. A slow-only tokenizer is refused: spans need character offsets."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer, trust_remote_code=config.trust_remote_code)
+    except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
+        raise PipelineError(f"cannot load tokenizer {config.tokenizer!r}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise PipelineError(
+            f"tokenizer {config.tokenizer!r} has no fast (Rust) version: character offsets, which the masks are "
+            "computed from, need one (add a tokenizer.json, or convert it with transformers)"
+        )
+    return tokenizer
+
+
+def chat_template_of(tokenizer, config: RenderConfig) -> str:
+    """The template to render with: `config.chat_template` (a built-in name or a file), else the tokenizer's own."""
+    if config.chat_template:
+        return load_template(config.chat_template)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        raise PipelineError(
+            f"tokenizer {config.tokenizer!r} has no chat template: pass --chat-template "
+            "(chatml, glm4, llama3, alpaca, or a .jinja file)"
+        )
+    return template
+
+
+def special_token_ids(tokenizer) -> np.ndarray:
+    """Ids of every special token, the candidates for end-of-turn."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    return np.array(sorted(ids), dtype=np.int64)
+
+
+def control_token_pattern(tokenizer, template: str) -> re.Pattern | None:
+    """A regex for the special tokens (and added tokens the template writes) that must not appear in data as text."""
+    tokens = [
+        t.content
+        for t in tokenizer.added_tokens_decoder.values()
+        if (t.special or t.content in template) and not t.content.isspace()
+    ]
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
+    """Tokenize rendered texts in one batched Rust call; the template already wrote every special token."""
+    if not texts:
+        return []
+    out = tokenizer(
+        texts,
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    return [
+        Encoded(np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
+        for ids, offsets in zip(out["input_ids"], out["offset_mapping"])
+    ]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary, merges and added tokens (its backend JSON), independent of paths."""
+    backend = tokenizer.backend_tokenizer.to_str()
+    return hashlib.sha256(backend.encode("utf-8")).hexdigest()
+
+
+def tokenizer_summary(tokenizer, template: str) -> dict:
+    """What the manifest records about the tokenizer: enough for the trainer to size a model without loading it."""
+    return {
+        "fingerprint": tokenizer_fingerprint(tokenizer),
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        "special_tokens": {k: v for k, v in sorted(tokenizer.special_tokens_map.items()) if isinstance(v, str)},
+        "chat_template_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+    }
+
+
+def save_tokenizer(tokenizer, template: str, out: Path) -> None:
+    """Save the tokenizer with the template actually used, so the shards are self-contained."""
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(str(out))
+    config_path = out / "tokenizer_config.json"
+    if config_path.exists():  # keep the template inline so every transformers version finds it
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if "chat_template" not in config:
+            config["chat_template"] = template
+            config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,126 @@
+"""Preprocess run configuration: one small model per concern, composed into `PreprocessConfig`.
+
+Each stage receives only its own model. Defaults live here and nowhere else; a YAML file lists only what differs,
+and command-line flags override it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.sources import SourceConfig
+
+Preset = Literal["default", "glm4", "trl_completion_only", "rasbt"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RenderConfig(_Frozen):
+    """Which tokenizer and chat template turn conversations into text and tokens."""
+
+    tokenizer: str = "data/tokenizer"
+    chat_template: str | None = Field(None, description="built-in name (chatml, glm4, llama3, alpaca) or a .jinja file")
+    trust_remote_code: bool = False
+    allow_special_tokens_in_content: bool = False
+
+
+class MaskConfig(_Frozen):
+    """What is trained. `preset` reproduces a reference tool label for label; the other keys refine `default`."""
+
+    preset: Preset = "default"
+    roles_to_train: tuple[Literal["system", "user", "assistant", "tool"], ...] = ("assistant",)
+    last_turn_only: bool = False
+    train_on_prompt: bool = False
+    train_end_of_turn: bool = True
+    append_eos: bool = False
+    response_template: str | None = None
+    instruction_template: str | None = None
+
+    @model_validator(mode="after")
+    def _preset_needs(self) -> "MaskConfig":
+        if self.preset == "trl_completion_only" and not self.response_template:
+            raise ValueError("mask.preset 'trl_completion_only' needs mask.response_template (e.g. '<|im_start|>assistant\\n')")
+        if self.instruction_template and self.preset != "trl_completion_only":
+            raise ValueError("mask.instruction_template is only used by mask.preset 'trl_completion_only'")
+        return self
+
+
+class TruncationConfig(_Frozen):
+    """Length limits: `max_length`, or GLM-style `max_input_length` + `max_output_length` (their sum)."""
+
+    max_length: int | None = Field(2048, ge=2)
+    max_input_length: int | None = Field(None, ge=1)
+    max_output_length: int | None = Field(None, ge=1)
+    strategy: Literal["cut_tail", "drop", "drop_oldest_turns"] = "cut_tail"
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> "TruncationConfig":
+        if (self.max_input_length is None) != (self.max_output_length is None):
+            raise ValueError("truncation.max_input_length and truncation.max_output_length go together")
+        return self
+
+    def limit(self, preset: Preset) -> int | None:
+        """The token limit. GLM-4's finetune.py cuts at input + output + 1 (room for its appended eos)."""
+        if self.max_input_length is not None and self.max_output_length is not None:
+            return self.max_input_length + self.max_output_length + (1 if preset == "glm4" else 0)
+        return self.max_length
+
+
+class OutputConfig(_Frozen):
+    """How rows become splits and shards."""
+
+    eval_split: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 42
+    rows_per_shard: int = Field(20_000, ge=1)
+    workers: int = Field(1, ge=1)
+    batch_size: int = Field(512, ge=1)
+
+
+class PreprocessConfig(_Frozen):
+    """Everything one `preprocess` run needs; written in full into the manifest."""
+
+    inputs: tuple[str, ...] = ()
+    source: SourceConfig = SourceConfig()
+    render: RenderConfig = RenderConfig()
+    mask: MaskConfig = MaskConfig()
+    truncation: TruncationConfig = TruncationConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "PreprocessConfig":
+        if self.mask.preset == "glm4" and self.truncation.strategy != "cut_tail":
+            raise ValueError("mask.preset 'glm4' reproduces GLM-4's cut at the tail: truncation.strategy must be cut_tail")
+        return self
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> PreprocessConfig:
+    """Read a YAML config, apply dotted-key overrides (`mask.preset`), validate, and report every problem at once."""
+    from pipeline.errors import ConfigError
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError([f"{path}: {exc}"]) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+        data = loaded or {}
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return PreprocessConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(
+            [f"{where}{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
+        ) from None

@@ -1,0 +1,110 @@
+"""Rendering: the text equals `apply_chat_template`, spans locate each trained piece, template errors are row errors."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import RowError
+from pipeline.render import Renderer
+from pipeline.render import renderer_args
+from pipeline.tokenize import encode_batch
+from tests.chats import ALL, WITH_SYSTEM, WITH_TOOLS, conversation, hf_messages
+from tests.conftest import REAL_TOKENIZERS, real_tokenizer
+from schemas.records import Message
+
+TEMPLATED = [n for n in REAL_TOKENIZERS if n != "gpt2"]
+
+
+def _reference_options(name: str) -> dict:
+    if name == "glm4":
+        return {"tool_role": "observation", "tools_on_system": True, "tool_calls_as_json": True}
+    if name in ("llama3", "openhermes-mistral"):
+        return {"tool_calls_as_json": True}
+    return {}
+
+
+def _assistants(conv) -> frozenset[int]:
+    return frozenset(i for i, m in enumerate(conv.messages) if m.role == "assistant")
+
+
+@pytest.mark.parametrize("name", TEMPLATED)
+@pytest.mark.parametrize("conv", ALL, ids=lambda c: c.id)
+def test_rendering_and_tokens_equal_apply_chat_template(name, conv):
+    tokenizer = real_tokenizer(name)
+    renderer = Renderer(tokenizer.chat_template, **renderer_args(tokenizer))
+    rendered = renderer(conv, _assistants(conv))
+    messages = hf_messages(conv, **_reference_options(name))
+    tools = list(conv.tools) if conv.tools else None
+    assert rendered.text == tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    expected_ids = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=False)
+    assert encode_batch(tokenizer, [rendered.text])[0].input_ids.tolist() == list(expected_ids)
+
+
+@pytest.mark.parametrize("name", TEMPLATED)
+def test_spans_hold_the_trained_text(name):
+    tokenizer = real_tokenizer(name)
+    renderer = Renderer(tokenizer.chat_template, **renderer_args(tokenizer))
+    rendered = renderer(WITH_SYSTEM, _assistants(WITH_SYSTEM))
+    contents = {s.message: rendered.text[s.start : s.end] for s in rendered.spans if s.kind == "content"}
+    for index in _assistants(WITH_SYSTEM):
+        # Llama 3 trims content; the others keep it verbatim.
+        assert contents[index].strip() == WITH_SYSTEM.messages[index].content.strip()
+
+
+def test_tool_call_name_span_on_a_template_with_tool_calls():
+    tokenizer = real_tokenizer("qwen2.5")
+    renderer = Renderer(tokenizer.chat_template, **renderer_args(tokenizer))
+    rendered = renderer(WITH_TOOLS, _assistants(WITH_TOOLS))
+    (name_span,) = [s for s in rendered.spans if s.kind == "tool_name"]
+    assert rendered.text[name_span.start : name_span.end] == "get_weather"
+    assert rendered.text[name_span.end :].startswith('", "arguments": {"city": "北京"}}')
+
+
+ALTERNATING = (
+    "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+    "<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+)
+
+
+def _plain_renderer(template: str) -> Renderer:
+    return Renderer(template, special_tokens_map={}, special_tokens=set())
+
+
+def test_a_template_that_raises_rejects_the_row_with_its_message():
+    conv = conversation(Message(role="user", content="a"), Message(role="user", content="b"),
+                        Message(role="assistant", content="c"))
+    with pytest.raises(RowError) as caught:
+        _plain_renderer(ALTERNATING)(conv)
+    assert caught.value.reason == "template_error"
+    assert "roles must alternate" in caught.value.message
+    assert str(caught.value).startswith("test.jsonl:1: messages:")
+
+
+def test_a_template_that_drops_trained_text_is_a_row_error_not_a_wrong_mask():
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'][:3] }}{% endfor %}"
+    conv = conversation(Message(role="user", content="hello"), Message(role="assistant", content="abcdef"))
+    with pytest.raises(RowError, match="does not render this text"):
+        _plain_renderer(template)(conv, frozenset({1}))
+
+
+def test_trim_is_followed_by_aligning_the_two_renderings():
+    template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] | trim }}[end]{% endfor %}"
+    conv = conversation(Message(role="user", content="  hi "), Message(role="assistant", content="\n  answer  \n"))
+    rendered = _plain_renderer(template)(conv)
+    assert rendered.text == "[user]hi[end][assistant]answer[end]"
+    spans = {s.message: rendered.text[s.start : s.end] for s in rendered.spans}
+    assert spans == {0: "hi", 1: "answer"}
+
+
+def test_strftime_now_is_fixed_for_reproducible_renderings():
+    template = "{{ strftime_now('%Y-%m-%d') }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    rendered = _plain_renderer(template)(conversation(Message(role="user", content="x"), Message(role="assistant", content="y")))
+    assert rendered.text == "2024-01-01xy"
+
+
+def test_a_template_that_rewrites_trained_text_is_a_row_error():
+    template = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | upper }}{% endfor %}"
+    conv = conversation(Message(role="user", content="hello"), Message(role="assistant", content="abc"))
+    with pytest.raises(RowError, match="changes this text") as caught:
+        _plain_renderer(template)(conv, frozenset({1}))
+    assert caught.value.field == "messages.1.content"
