@@ -4,7 +4,8 @@ It is the project's embedded default (`make preprocess` runs offline with it) an
 hand-checkable results. Byte-level BPE with all 256 bytes in the alphabet encodes any text losslessly, Chinese and
 emoji included. The chat format is GLM-4's (the built-in `glm4` template), so its special tokens are GLM-4's:
 
-    <|endoftext|> (eos and pad)  [MASK]  [gMASK]  [sMASK]  <sop>  <eop>  <|system|>  <|user|>  <|assistant|>  <|observation|>
+    <|endoftext|> (eos and pad)  [MASK]  [gMASK]  [sMASK]  <sop>  <eop>
+    <|system|>  <|user|>  <|assistant|>  <|observation|>
 
 They take the ids right after the learned vocabulary, as in GLM-4. Encoding adds no special tokens: the template
 writes `[gMASK]<sop>` itself. The build is deterministic: the same corpus always gives byte-identical files.

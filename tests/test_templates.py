@@ -289,5 +289,31 @@ def test_templates_without_a_tool_format_refuse_tool_calls(name):
 
     messages = [{"role": "user", "content": "hi"},
                 {"role": "assistant", "content": "", "tool_calls": [call("get_weather", {"city": "北京"})]}]
-    with pytest.raises(TemplateError):
+    with pytest.raises(TemplateError, match="tool calls are not supported"):
         render(demo_tokenizer(), messages, template=load_template(name))
+
+
+def test_alpaca_refuses_tool_results_and_late_system_messages():
+    from jinja2.exceptions import TemplateError
+
+    for role in ["tool", "system"]:
+        with pytest.raises(TemplateError, match=f'role "{role}"'):
+            render(demo_tokenizer(), [*PLAIN, {"role": role, "content": "x"}], template=load_template("alpaca"))
+
+
+def test_chatml_accepts_observation_as_the_tool_result_role():
+    tok = demo_tokenizer()
+    as_tool = [*PLAIN, {"role": "tool", "content": "42"}, {"role": "tool", "content": "43"}]
+    as_observation = [*PLAIN, {"role": "observation", "content": "42"}, {"role": "tool", "content": "43"}]
+    text = render(tok, as_tool, template=load_template("chatml"))
+    assert text == render(tok, as_observation, template=load_template("chatml"))
+    results = "<tool_response>\n42\n</tool_response>\n<tool_response>\n43\n</tool_response>"
+    assert text.endswith(f"<|im_start|>user\n{results}<|im_end|>\n")
+
+
+def test_string_arguments_are_written_verbatim():
+    """A call whose arguments are already JSON text is written as it is (never JSON-encoded twice)."""
+    tok = demo_tokenizer()
+    messages = [*PLAIN[:1], {"role": "assistant", "content": "", "tool_calls": [call("f", '{"a": 1}')]}]
+    assert '<|assistant|>f\n{"a": 1}' in render(tok, messages, template=load_template("glm4"))
+    assert '{"name": "f", "arguments": {"a": 1}}' in render(tok, messages, template=load_template("chatml"))
