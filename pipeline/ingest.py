@@ -1,0 +1,398 @@
+"""Input discovery and streaming readers: files -> raw records with provenance (`source`, `row`).
+
+Rows, counted the same way everywhere (`row` is 1-based):
+- JSONL: the physical line of the record (blank lines are skipped, not records).
+- CSV: the physical line where the record starts; the header is line 1, so the first data row is line 2.
+- JSON array: the element's index; the line where it starts is kept as `line`. A file that is one JSON object is row 1.
+
+Memory stays flat: JSONL and CSV are read line by line from a binary stream (each line decoded alone, so a decoding
+failure names its byte offset), and a JSON array is parsed element by element with `json.JSONDecoder.raw_decode` over
+a sliding buffer. `.gz` files are decompressed on the fly (byte offsets are then offsets into the decompressed data).
+A bad line is a `RowError`; a file that cannot be read at all raises `InputError`.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import glob
+import gzip
+import json
+import re
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline import adapt
+from pipeline.errors import ConfigError, InputError, RowError
+from schemas.records import Conversation
+from schemas.sources import SourceConfig
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
+_CHUNK = 1 << 18  # characters decoded per read of a JSON array; grows while one element is larger
+_MAX_ELEMENT = 1 << 28  # a JSON array element larger than this (256 Mi characters) is refused, not buffered forever
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+csv.field_size_limit(1 << 30)  # the default 128 KiB limit refuses long answers; this is process-wide, as csv is
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One parsed record before adaptation. `line` is the starting line when `row` is not a line (JSON arrays)."""
+
+    source: str
+    row: int
+    data: Any
+    line: int | None = None
+
+
+# --- discovery ------------------------------------------------------------------------------------------------------
+def _has_input_suffix(path: Path) -> bool:
+    return path.name.lower().endswith(SUFFIXES)
+
+
+def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files, globs and directories (searched recursively for input suffixes) -> files, each group sorted, no repeats.
+
+    Order: the arguments in the order given; within a glob or a directory, sorted by path.
+    """
+    if not inputs:
+        raise InputError("no input given")
+    found: list[Path] = []
+    for spec in inputs:
+        path = Path(spec)
+        if glob.has_magic(spec):
+            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+            files = [p for p in matches if p.is_file()]
+            for d in (p for p in matches if p.is_dir()):
+                files.extend(p for p in d.rglob("*") if p.is_file() and _has_input_suffix(p))
+            if not files:
+                raise InputError(f"{spec}: no file matches")
+            found.extend(sorted(files))
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and _has_input_suffix(p))
+            if not files:
+                raise InputError(f"{spec}: directory holds no {', '.join(SUFFIXES)} file")
+            found.extend(files)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"{spec}: no such file or directory")
+    unique = list(dict.fromkeys(found))
+    for path in unique:
+        container_kind(path)  # refuses unknown extensions up front
+    return unique
+
+
+def container_kind(path: Path) -> str:
+    """`jsonl`, `json` or `csv`, from the extension (`.gz` allowed); `InputError` for anything else."""
+    name = path.name.lower().removesuffix(".gz")
+    for kind in ("jsonl", "json", "csv"):
+        if name.endswith("." + kind):
+            return kind
+    raise InputError(f"{path}: unsupported file type (expected {', '.join(SUFFIXES)})")
+
+
+# --- bytes -> text --------------------------------------------------------------------------------------------------
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot open: {e.strerror or e}") from None
+
+
+def _read_error(path: Path, e: Exception) -> InputError:
+    return InputError(f"{path}: cannot read: {e} (corrupt or truncated compressed file?)")
+
+
+def _decode_error(path: Path, e: UnicodeDecodeError, offset: int, line: int | None, encoding: str) -> InputError:
+    where = f"line {line}, byte offset {offset}" if line else f"byte offset {offset}"
+    bad = e.object[e.start : e.start + 4]
+    return InputError(f"{path}: {where}: cannot decode bytes {bad!r} as {encoding} ({e.reason}); pass --encoding")
+
+
+def iter_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """(line number, text with its line ending) for each physical line; a BOM at the start of the file is dropped."""
+    with _open(path) as f:
+        offset = 0
+        lineno = 0
+        while True:
+            try:
+                raw = f.readline()
+            except (OSError, EOFError, zlib.error) as e:
+                raise _read_error(path, e) from None
+            if not raw:
+                return
+            lineno += 1
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise _decode_error(path, e, offset + e.start, lineno, encoding) from None
+            if lineno == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            offset += len(raw)
+            yield lineno, text
+
+
+class _TextStream:
+    """Decoded text of a file, read in chunks on demand, keeping only what has not been consumed yet."""
+
+    def __init__(self, f: IO[bytes], path: Path, encoding: str):
+        self.f, self.path, self.encoding = f, path, encoding
+        self.decoder = codecs.getincrementaldecoder(encoding)("strict")
+        self.offset = 0  # bytes read so far
+        self.buf = ""
+        self.pos = 0  # next unconsumed character in buf
+        self.line = 1  # line number at buf[line_pos]
+        self.line_pos = 0
+        self.eof = False
+        self.first = True
+
+    def more(self, size: int = _CHUNK) -> None:
+        """Drop the consumed prefix, then append about `size` more characters (sets `eof` at the end)."""
+        self.line_at(self.pos)
+        self.buf = self.buf[self.pos :]
+        self.line_pos -= self.pos
+        self.pos = 0
+        try:
+            raw = self.f.read(size)
+        except (OSError, EOFError, zlib.error) as e:
+            raise _read_error(self.path, e) from None
+        pending = len(self.decoder.getstate()[0])
+        try:
+            text = self.decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            raise _decode_error(self.path, e, self.offset - pending + e.start, None, self.encoding) from None
+        self.offset += len(raw)
+        if self.first and text:
+            text = text.removeprefix("\ufeff")
+            self.first = False
+        self.buf += text
+        self.eof = not raw
+
+    def line_at(self, pos: int) -> int:
+        """The line number of buf[pos] (pos never moves backwards)."""
+        self.line += self.buf.count("\n", self.line_pos, pos)
+        self.line_pos = pos
+        return self.line
+
+    def skip_ws(self) -> str:
+        """Skip whitespace; the next character, or '' at the end of the file."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if self.eof:
+                return ""
+            self.more()
+
+    def value(self) -> Any:
+        """Decode the JSON value at pos, reading more until it is complete."""
+        size = _CHUNK
+        while True:
+            try:
+                obj, end = _DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as e:
+                incomplete = e.msg.startswith("Unterminated string") or e.pos >= len(self.buf) - 6
+                if self.eof or not incomplete:
+                    line = self.line_at(self.pos) + self.buf.count("\n", self.pos, e.pos)
+                    raise InputError(f"{self.path}: line {line}: invalid JSON: {e.msg}") from None
+            else:
+                if end < len(self.buf) or self.eof:  # a number at the end of the buffer may go on
+                    self.pos = end
+                    return obj
+            if len(self.buf) - self.pos > _MAX_ELEMENT:
+                raise InputError(f"{self.path}: line {self.line_at(self.pos)}: a JSON value over {_MAX_ELEMENT} characters")
+            size = min(size * 2, _MAX_ELEMENT)
+            self.more(size)
+
+
+def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord]:
+    """A JSON array (streamed element by element), a single JSON object (one record), or JSON Lines named `.json`."""
+    source = str(path)
+    with _open(path) as f:
+        s = _TextStream(f, path, encoding)
+        first = s.skip_ws()
+        if first == "":
+            return
+        if first == "{":
+            obj = s.value()
+            if s.skip_ws() == "":
+                yield RawRecord(source, 1, obj)
+                return
+            jsonl = True  # more after the first object: JSON Lines in a `.json` file
+        elif first == "[":
+            jsonl = False
+        else:
+            raise InputError(f"{path}: line {s.line_at(s.pos)}: expected a JSON array or object, found {first!r}")
+        if not jsonl:
+            s.pos += 1
+            index = 0
+            if s.skip_ws() == "]":
+                s.pos += 1
+            else:
+                while True:
+                    index += 1
+                    s.skip_ws()
+                    line = s.line_at(s.pos)
+                    yield RawRecord(source, index, s.value(), line)
+                    c = s.skip_ws()
+                    s.pos += 1
+                    if c == "]":
+                        break
+                    if c != ",":
+                        where = f"line {s.line_at(s.pos - 1)}"
+                        raise InputError(f"{path}: {where}: expected ',' or ']' after element {index}, found {c or 'end of file'!r}")
+            if s.skip_ws() != "":
+                raise InputError(f"{path}: line {s.line_at(s.pos)}: extra data after the JSON array")
+            return
+    yield from _iter_jsonl(path, encoding)
+
+
+def _iter_jsonl(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
+    source = str(path)
+    for lineno, text in iter_lines(path, encoding):
+        if not text.strip():
+            continue
+        try:
+            yield RawRecord(source, lineno, json.loads(text))
+        except json.JSONDecodeError as e:
+            raw = text.rstrip("\r\n")
+            yield RowError(source, lineno, "invalid_json", f"invalid JSON at column {e.colno}: {e.msg}", raw=raw,
+                           id=adapt.record_id(raw, source=source, row=lineno))
+
+
+def _csv_reader(path: Path, encoding: str) -> tuple[list[str], Any]:
+    reader = csv.reader((text for _, text in iter_lines(path, encoding)), strict=True)
+    try:
+        header = next(reader, [])
+    except csv.Error as e:
+        raise InputError(f"{path}: line {reader.line_num}: unreadable CSV header: {e}") from None
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError(f"{path}: line 1: duplicate column names {dupes}")
+    return header, reader
+
+
+def csv_header(path: Path, encoding: str) -> list[str]:
+    header, reader = _csv_reader(path, encoding)
+    del reader
+    return header
+
+
+def _iter_csv(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
+    """Data rows as `{column: cell}` with every cell a string (no dtype guessing)."""
+    source = str(path)
+    header, reader = _csv_reader(path, encoding)
+    done = reader.line_num  # lines consumed so far; a record starts on the next one
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield RowError(source, done + 1, "invalid_csv", f"bad CSV quoting: {e}")
+            done = reader.line_num
+            continue
+        start, done = done + 1, reader.line_num
+        if not cells:
+            continue
+        if len(cells) != len(header):
+            yield RowError(source, start, "invalid_csv", f"{len(cells)} fields, but the header has {len(header)}",
+                           raw=cells, id=adapt.record_id(cells, source=source, row=start))
+            continue
+        yield RawRecord(source, start, dict(zip(header, cells)))
+
+
+def iter_records(path: Path, source: SourceConfig) -> Iterator[RawRecord | RowError]:
+    """Every record of one file in file order, or a `RowError` for a line that is not a record (invalid JSON/CSV)."""
+    kind = container_kind(path)
+    if kind == "csv":
+        return _iter_csv(path, source.encoding)
+    if kind == "jsonl":
+        return _iter_jsonl(path, source.encoding)
+    return _iter_json(path, source.encoding)
+
+
+# --- formats --------------------------------------------------------------------------------------------------------
+def parse_csv_map(spec: str) -> dict[str, str]:
+    """`system=col,user=col,assistant=col` -> {role: column}; `ConfigError` lists every bad item."""
+    mapping: dict[str, str] = {}
+    problems = []
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        role, sep, column = item.partition("=")
+        role, column = role.strip(), column.strip()
+        if not sep or not column:
+            problems.append(f"--csv-map: {item!r} is not role=column")
+        elif role not in ("system", "user", "assistant"):
+            problems.append(f"--csv-map: unknown role {role!r} (system, user or assistant)")
+        elif role in mapping:
+            problems.append(f"--csv-map: role {role!r} given twice")
+        else:
+            mapping[role] = column
+    if problems:
+        raise ConfigError(problems)
+    return mapping
+
+
+def _detect_csv(path: Path, source: SourceConfig) -> str:
+    header = csv_header(path, source.encoding)
+    if source.format not in ("auto", "csv", "alpaca"):
+        raise InputError(f"{path}: format {source.format} cannot be read from CSV (use csv or alpaca)")
+    if source.csv_messages_column is not None:
+        if source.csv_messages_column not in header:
+            raise InputError(f"{path}: messages column {source.csv_messages_column!r} not in the header {header}")
+        return "csv"
+    mapped = {role: col for role, col in source.csv_map.items() if role != "system"}
+    if source.format == "alpaca" or (
+        source.format == "auto" and not source.csv_map_given
+        and not set(mapped.values()) <= set(header) and set(header) & adapt.ALPACA_KEYS
+    ):
+        if not set(header) & {"output", "response"}:
+            raise InputError(f"{path}: alpaca CSV needs an `output` or `response` column; the header is {header}")
+        return "alpaca"
+    missing = [f"{col} ({role})" for role, col in mapped.items() if col not in header]
+    if missing:
+        raise InputError(f"{path}: column(s) {', '.join(missing)} not in the header {header}; pass --csv-map")
+    return "csv"
+
+
+def detect_format(path: Path, source: SourceConfig) -> str:
+    """The format used for `path`: `source.format` unless `auto`, else from the extension and the first record.
+
+    Returns one of glm, openai, sharegpt, alpaca, csv, or `empty` for a file with no record. `InputError` when the
+    file cannot be read or its first record matches no format.
+    """
+    if container_kind(path) == "csv":
+        return _detect_csv(path, source)
+    if source.format == "csv":
+        raise InputError(f"{path}: format csv reads .csv files only")
+    if source.format != "auto":
+        return source.format
+    records = iter_records(path, source)
+    try:
+        first = next((r for r in records if isinstance(r, RawRecord)), None)
+    finally:
+        records.close()
+    if first is None:
+        return "empty"
+    fmt = adapt.detect_record_format(first.data)
+    if fmt is None:
+        keys = sorted(first.data)[:8] if isinstance(first.data, dict) else type(first.data).__name__
+        raise InputError(f"{path}: row {first.row}: cannot tell the format from the first record (keys: {keys}); "
+                         "pass --format")
+    return fmt
+
+
+def read_conversations(paths: Sequence[Path], source: SourceConfig) -> Iterator[Conversation | RowError]:
+    """One item per input record, files in the given order and records in file order: a validated `Conversation`,
+    or the `RowError` that rejects the record (bad line, adapter error, or a rule of `pipeline.validate`).
+
+    Callers count `read` as the number of items, so `read == accepted + rejected` holds by construction.
+    `InputError` when a file cannot be read (the items before it have been yielded).
+    """
+    for path in paths:
+        fmt = detect_format(path, source)
+        for item in iter_records(path, source):
+            yield item if isinstance(item, RowError) else adapt.to_conversation(item, fmt, source)
