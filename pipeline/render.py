@@ -74,6 +74,7 @@ class Renderer:
         self.traits = TemplateTraits.of(template, special_tokens)
         self._kwargs = special_tokens_map
         _with_fixed_clock(template)
+        self.generation_prompt = self._generation_prompt()
 
     def __call__(self, conversation: Conversation, trained: frozenset[int] | None = None) -> Rendered:
         """Render one conversation; raise RowError(template_error) when the template refuses it, or when it drops
@@ -90,7 +91,37 @@ class Renderer:
         if stripped != text:
             spans = _align_spans(stripped, text, spans)
         _check_spans(conversation, text, spans, pieces, trained)
+        spans = sorted(spans + self._answer_openings(conversation, text, spans), key=lambda s: (s.start, s.end))
         return Rendered(text=text, spans=tuple(spans))
+
+    def _generation_prompt(self) -> str | None:
+        """The text `add_generation_prompt=True` appends (`<|im_start|>assistant\n`): what precedes a model's answer."""
+        probe = [{"role": "user", "content": "ping"}]
+        try:
+            bare = render_jinja_template(conversations=[probe], chat_template=self.template, **self._kwargs)[0][0]
+            prompted = render_jinja_template(
+                conversations=[probe], chat_template=self.template, add_generation_prompt=True, **self._kwargs
+            )[0][0]
+        except Exception:  # a template that cannot render a lone user turn: fall back to the spans alone
+            return None
+        return prompted[len(bare) :] if prompted.startswith(bare) and len(prompted) > len(bare) else None
+
+    def _answer_openings(self, conversation: Conversation, text: str, spans: list[Span]) -> list[Span]:
+        """For each assistant message, the template text between its generation prompt and its first piece
+        (Qwen's `<tool_call>\n{"name": "`, Qwen3's `<think>\n`): the model writes it, so it belongs to the answer."""
+        if not self.generation_prompt:
+            return []
+        openings = []
+        for index, message in enumerate(conversation.messages):
+            own = [s for s in spans if s.message == index]
+            if message.role != "assistant" or not own:
+                continue
+            first = min(s.start for s in own)
+            before = max((s.end for s in spans if s.message != index and s.end <= first), default=0)
+            found = text.rfind(self.generation_prompt, before, first)
+            if found >= 0 and found + len(self.generation_prompt) < first:
+                openings.append(Span(index, "opening", found + len(self.generation_prompt), first))
+        return openings
 
     def render_messages(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         """Render template-ready messages exactly as `apply_chat_template(..., tokenize=False)` does."""
