@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from pipeline.train.data import MicroBatches, check_fits, collate, open_shards, plan_eval, steps_for_epochs
+from pipeline.train.data import Batch, MicroBatches, check_fits, collate, open_shards, plan_eval, steps_for_epochs
 from pipeline.train.loss import token_loss_sum
 from pipeline.train.lr import lr_at
 from pipeline.train.metrics import MetricsLog, plot_losses
@@ -226,17 +226,8 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, use_cuda: bool) -> TrainR
         if ddp:
             dist.all_reduce(counts)
         trained_total = counts[0].clamp(min=1)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for micro, batch in enumerate(batches):
-            # DDP averages gradients over ranks when the last micro-batch's backward runs (the others skip the
-            # all-reduce): multiply by `world` so that the result is sum(token losses) / trained tokens of the step.
-            sync = not ddp or micro == len(batches) - 1
-            with (nullcontext() if sync else model.no_sync()):
-                with autocast:
-                    logits = model(**batch.model_inputs(device)).logits
-                loss = token_loss_sum(logits, batch.labels)
-                (loss * (world / trained_total)).backward()
-            loss_sum += loss.detach().double()
+        loss_sum = micro_steps(model, batches, trained_total=trained_total, world=world, device=device,
+                               autocast=autocast)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -291,6 +282,27 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, use_cuda: bool) -> TrainR
     return TrainResult(steps=step, first_loss=losses[0] if losses else first_loss,
                        last_loss=losses[-1] if losses else last_loss, eval_loss=last_eval,
                        tokens_per_s=sum(speeds) / len(speeds) if speeds else 0.0, run_dir=out, final_dir=final)
+
+
+def micro_steps(model: torch.nn.Module, batches: list[Batch], *, trained_total: torch.Tensor, world: int,
+                device: torch.device, autocast=nullcontext()) -> torch.Tensor:
+    """Forward and backward over one optimizer step's micro-batches on this rank; returns the summed token loss.
+
+    Each micro-batch backpropagates sum(token losses) / `trained_total`, the trained tokens of the whole step over
+    all micro-batches and ranks, so the accumulated gradient is that of the token-weighted mean loss, however the
+    tokens are spread over micro-batches. DDP averages gradients over ranks when the last micro-batch's backward
+    runs (the others skip the all-reduce, `no_sync`), hence the factor `world`.
+    """
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for micro, batch in enumerate(batches):
+        sync = world == 1 or micro == len(batches) - 1
+        with (nullcontext() if sync else model.no_sync()):
+            with autocast:
+                logits = model(**batch.model_inputs(device)).logits
+            loss = token_loss_sum(logits, batch.labels)
+            (loss * (world / trained_total)).backward()
+        loss_sum += loss.detach().double()
+    return loss_sum
 
 
 def _eval_plan(cfg: TrainConfig, split, *, pack_length: int, rank: int, world: int) -> list[list[list[int]]]:

@@ -21,7 +21,10 @@ def build_model(cfg: TrainConfig, *, vocab_size: int, max_length: int, pad_token
         model = _pretrained(Path(cfg.model), vocab_size=vocab_size)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora:
         model = _lora(model, cfg)
     return model

@@ -1,0 +1,49 @@
+"""TrainConfig: defaults, YAML + flag merging, every problem reported at once, bad combinations named."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import ConfigError
+from schemas.train_config import TrainConfig, load_train_config
+
+BASE = {"data": "d", "out": "o"}
+
+
+def test_flags_override_yaml(tmp_path):
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text("lr: 0.002\nepochs: 3\nbatch_size: 4\n")
+    cfg = load_train_config(yaml_file, overrides={**BASE, "lr": 0.01, "batch_size": None})
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.grad_accum) == (0.01, 3, 4, 1)
+
+
+def test_unknown_keys_and_wrong_types_listed_together(tmp_path):
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text("lr: fast\nbatch_sise: 4\nmax_steps: -1\n")
+    with pytest.raises(ConfigError) as e:
+        load_train_config(yaml_file, overrides=BASE)
+    text = str(e.value)
+    assert "lr:" in text and "batch_sise: unknown key" in text and "max_steps:" in text
+    assert len(e.value.problems) == 3
+
+
+def test_bad_combinations_name_both_fields():
+    with pytest.raises(ConfigError) as e:
+        load_train_config(overrides={**BASE, "max_steps": 5, "epochs": 2, "pack_length": 64, "lora_r": 4,
+                                     "warmup_steps": 5})
+    text = str(e.value)
+    for phrase in ("max_steps and epochs", "pack_length is set but packing", "lora_r set but lora",
+                   "warmup_steps (5) must be below max_steps (5)"):
+        assert phrase in text
+
+
+def test_batch_tokens_alone_replaces_batch_size():
+    cfg = load_train_config(overrides={**BASE, "batch_tokens": 512})
+    assert cfg.batch_size is None and cfg.batch_tokens == 512
+    with pytest.raises(ConfigError, match="batch_size and batch_tokens"):
+        load_train_config(overrides={**BASE, "batch_tokens": 512, "batch_size": 4})
+
+
+def test_frozen_and_strict():
+    cfg = TrainConfig(**BASE)
+    with pytest.raises(Exception):
+        cfg.lr = 1.0  # type: ignore[misc]
