@@ -18,9 +18,22 @@ _GLM4_MASKED_ROLES = ("system", "user", "observation")
 
 
 def glm4_messages(renderer: Renderer, conversation: Conversation) -> list[dict]:
-    """The messages GLM-4 renders one by one: tools stay on the system message only, None values dropped."""
+    """The messages GLM-4 renders one by one, after its `process_message`: tools stay on the system message, and
+    tool parameters whose schema is null are dropped from them."""
     messages, _ = renderer.template_messages(conversation, wrap=False)
-    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+    for message in messages:
+        if message["role"] == "system" and "tools" in message:
+            message["tools"] = [_without_null_properties(tool) for tool in message["tools"]]
+    return messages
+
+
+def _without_null_properties(tool: dict) -> dict:
+    properties = tool.get("function", {}).get("parameters", {}).get("properties")
+    if not isinstance(properties, dict):
+        return tool
+    function = tool["function"]
+    parameters = {**function["parameters"], "properties": {k: v for k, v in properties.items() if v is not None}}
+    return {**tool, "function": {**function, "parameters": parameters}}
 
 
 def glm4_rows(renderer: Renderer, tokenizer, conversations: list[Conversation]) -> list[tuple[np.ndarray, np.ndarray]]:

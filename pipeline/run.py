@@ -140,8 +140,13 @@ class Processor:
         jobs = [(c, self._checked_messages(c)) for c in conversations]
         if self._pool is not None:
             chunk = max(1, len(jobs) // (4 * self.config.output.workers))
-            return self._pool.map(_render_in_worker, jobs, chunksize=chunk)
-        return [_render_or_error(self.renderer, *job) for job in jobs]
+            results = self._pool.map(_render_in_worker, jobs, chunksize=chunk)
+        else:
+            results = [_render_or_error(self.renderer, *job) for job in jobs]
+        for conversation, result in zip(conversations, results):
+            if isinstance(result, RowError):
+                result.raw = conversation.model_dump(mode="json", exclude_none=True)
+        return results
 
     def _process_batch(self, conversations: list[Conversation], result: ChunkResult) -> None:
         rendered = self._render_all(conversations)
@@ -250,7 +255,13 @@ def _render_or_error(renderer: Renderer, conversation: Conversation, trained: fr
 
 def _row_error(conversation: Conversation, reason: str, field_path: str, message: str) -> RowError:
     return RowError(
-        source=conversation.source, row=conversation.row, id=conversation.id, reason=reason, field=field_path, message=message
+        source=conversation.source,
+        row=conversation.row,
+        id=conversation.id,
+        reason=reason,
+        field=field_path,
+        message=message,
+        raw=conversation.model_dump(mode="json", exclude_none=True),
     )
 
 

@@ -79,6 +79,7 @@ def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
     """Tokenize rendered texts in one batched Rust call; the template already wrote every special token."""
     if not texts:
         return []
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True  # limits are ours
     out = tokenizer(
         texts,
         add_special_tokens=False,

@@ -81,6 +81,16 @@ class OutputConfig(_Frozen):
     batch_size: int = Field(512, ge=1)
 
 
+PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # LLMs-from-scratch ch. 7: the alpaca text with "### Input:", every token a target (the template ends with eos).
+    "rasbt": {
+        "render": {"chat_template": "alpaca"},
+        "mask": {"train_on_prompt": True},
+        "source": {"alpaca_input_separator": "\n\n### Input:\n"},
+    },
+}
+
+
 class PreprocessConfig(_Frozen):
     """Everything one `preprocess` run needs; written in full into the manifest."""
 
@@ -90,6 +100,21 @@ class PreprocessConfig(_Frozen):
     mask: MaskConfig = MaskConfig()
     truncation: TruncationConfig = TruncationConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data: Any) -> Any:
+        """A preset fills in the settings of the tool it reproduces, unless the config sets them itself."""
+        if not isinstance(data, dict) or not isinstance(data.get("mask"), dict):
+            return data
+        defaults = PRESET_DEFAULTS.get(data["mask"].get("preset", "default"), {})
+        merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+        for section, values in defaults.items():
+            target = merged.setdefault(section, {})
+            if isinstance(target, dict):
+                for key, value in values.items():
+                    target.setdefault(key, value)
+        return merged
 
     @model_validator(mode="after")
     def _combinations(self) -> "PreprocessConfig":
