@@ -43,6 +43,7 @@ class TrainResult:
     last_loss: float | None
     eval_loss: float | None
     tokens_per_s: float
+    padding_fraction: float
     run_dir: Path
     final_dir: Path
 
@@ -51,7 +52,7 @@ class TrainResult:
         return "\n".join([
             f"trained {self.steps} steps: loss {fmt(self.first_loss)} -> {fmt(self.last_loss)}"
             + (f", eval loss {fmt(self.eval_loss)}" if self.eval_loss is not None else ""),
-            f"throughput: {self.tokens_per_s:,.0f} tokens/s",
+            f"throughput: {self.tokens_per_s:,.0f} tokens/s; padding: {self.padding_fraction:.1%} of positions",
             f"model + tokenizer: {self.final_dir}",
             f"metrics: {self.run_dir / 'metrics.jsonl'}, curve: {self.run_dir / 'loss.png'}, "
             f"checkpoints: {self.run_dir / 'checkpoints'}",
@@ -245,7 +246,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, use_cuda: bool) -> TrainR
         is_eval = eval_split is not None and cfg.eval_interval > 0 and step % cfg.eval_interval == 0
         eval_loss = evaluate() if is_eval else None
         last_eval = eval_loss if eval_loss is not None else last_eval
-        if master and (step % cfg.log_interval == 0 or is_eval or step == max_steps):
+        if master and (step % cfg.log_interval == 0 or step == 1 or is_eval or step == max_steps):
             record = {"step": step, "epoch": round(stream.epoch_of(first), 4), "loss": loss, "lr": lr,
                       "grad_norm": grad_norm.item(), "tokens_per_s": round(throughput[-1], 1),
                       "trained_tokens": int(counts[0].item()), "tokens": int(counts[1].item()),
@@ -279,9 +280,11 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, use_cuda: bool) -> TrainR
     plot_losses(records, out / "loss.png")
     losses = [r["loss"] for r in records if "loss" in r]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    padding = [r["padding_fraction"] for r in records if "padding_fraction" in r]
     return TrainResult(steps=step, first_loss=losses[0] if losses else first_loss,
                        last_loss=losses[-1] if losses else last_loss, eval_loss=last_eval,
-                       tokens_per_s=sum(speeds) / len(speeds) if speeds else 0.0, run_dir=out, final_dir=final)
+                       tokens_per_s=sum(speeds) / len(speeds) if speeds else 0.0,
+                       padding_fraction=sum(padding) / len(padding) if padding else 0.0, run_dir=out, final_dir=final)
 
 
 def micro_steps(model: torch.nn.Module, batches: list[Batch], *, trained_total: torch.Tensor, world: int,
