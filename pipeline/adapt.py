@@ -364,6 +364,9 @@ def _from_validation(e: ValidationError) -> Reject:
     if best["type"] == "missing":
         return Reject("missing_field", field, "required field is missing")
     got = type(best.get("input")).__name__
+    parts = field.split(".")
+    if parts[0] in ("tools", "functions") or len(parts) > 2 and parts[2] == "tools":
+        return Reject("invalid_tools", field, f"tools: {best['msg']} (got {got})")
     return Reject("wrong_type", field, f"{best['msg']} (got {got})")
 
 

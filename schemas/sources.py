@@ -145,7 +145,7 @@ class SourceConfig(BaseModel):
 
     format: Format = Field(default="auto", description="auto: from the extension and the first record of each file")
     csv_map: dict[CsvRole, str] = Field(
-        default_factory=lambda: dict(DEFAULT_CSV_MAP),
+        default=DEFAULT_CSV_MAP,
         description="canonical role -> CSV column; system is optional in the header, user may be left out",
     )
     csv_messages_column: str | None = Field(default=None, description="a CSV column holding a `messages` JSON string")
