@@ -347,12 +347,13 @@ ADAPTERS: dict[str, Callable[[dict, SourceConfig], Adapted]] = {
     "glm": adapt_glm, "openai": adapt_openai, "sharegpt": adapt_sharegpt, "alpaca": adapt_alpaca, "csv": adapt_csv,
 }
 
-_TYPE_TAG_START = ("str", "int", "float", "bool", "none", "list[", "dict[", "tuple[", "function-", "tagged-union[")
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", *(m.__name__ for m in (ChatMessage, ContentPart, FunctionSpec, MessageMetadata))}
+_TYPE_TAG_START = ("list[", "dict[", "tuple[", "function-", "tagged-union[")
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
     """pydantic's loc as a dotted path, without the union-member tags it adds (`str`, `list[ContentPart]`)."""
-    parts = [str(p) for p in loc if isinstance(p, int) or not (p[:1].isupper() or p.startswith(_TYPE_TAG_START))]
+    parts = [str(p) for p in loc if isinstance(p, int) or not (p in _TYPE_TAGS or p.startswith(_TYPE_TAG_START))]
     return ".".join(parts)
 
 
@@ -376,7 +377,7 @@ def _media(data: dict) -> None:
             raise Reject("unsupported_content", key, f"`{key}` is not supported (text only)")
 
 
-def to_conversation(record: Any, fmt: str, source: SourceConfig) -> Conversation | RowError:
+def to_conversation(record: Any, fmt: str, *, source: SourceConfig) -> Conversation | RowError:
     """Adapt one raw record (an `ingest.RawRecord`) with the adapter of `fmt`, then apply the validation rules."""
     data = record.data
     rid = record_id(data, source=record.source, row=record.row)

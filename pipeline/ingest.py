@@ -395,4 +395,4 @@ def read_conversations(paths: Sequence[Path], source: SourceConfig) -> Iterator[
     for path in paths:
         fmt = detect_format(path, source)
         for item in iter_records(path, source):
-            yield item if isinstance(item, RowError) else adapt.to_conversation(item, fmt, source)
+            yield item if isinstance(item, RowError) else adapt.to_conversation(item, fmt, source=source)

@@ -17,7 +17,7 @@ SRC = SourceConfig()
 
 
 def adapt(data, fmt="openai", source=SRC, row=1) -> Conversation | RowError:
-    return to_conversation(RawRecord("t.jsonl", row, data), fmt, source)
+    return to_conversation(RawRecord("t.jsonl", row, data), fmt, source=source)
 
 
 def ok(data, fmt="openai", source=SRC) -> Conversation:
@@ -239,6 +239,8 @@ def test_sharegpt_variants_and_errors():
     assert (e.reason, e.field) == ("invalid_tool_call", "conversations.1.value")
     e = err({"conversations": [{"from": "human", "value": 3}]}, "sharegpt")
     assert (e.reason, e.field) == ("wrong_type", "conversations.0.value")
+    e = err({"conversation": [{"Human": 3}]}, "sharegpt")
+    assert (e.reason, e.field) == ("wrong_type", "conversation.0.Human")
 
 
 # --- alpaca ---------------------------------------------------------------------------------------------------------
