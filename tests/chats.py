@@ -63,10 +63,9 @@ def hf_messages(conv: Conversation, *, tool_role: str = "tool", tools_on_system:
         if m.reasoning_content:
             message["reasoning_content"] = m.reasoning_content
         if m.tool_calls:
-            if tool_calls_as_json:
-                message["content"] = "\n".join(
-                    json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False) for c in m.tool_calls
-                )
+            if tool_calls_as_json:  # GLM-4's written form, after any text of the message
+                calls = [json.dumps({"name": c.name, "arguments": c.arguments}, ensure_ascii=False) for c in m.tool_calls]
+                message["content"] = "\n".join(([m.content] if m.content else []) + calls)
             else:
                 message["tool_calls"] = [
                     {"type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls
