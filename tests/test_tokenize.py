@@ -1,0 +1,85 @@
+"""Tokenizer families the tests build themselves, so the suite covers them without ../shared."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from pipeline.errors import PipelineError
+from pipeline.mask import IGNORE_INDEX
+from pipeline.templates import load_template
+from pipeline.tokenize import chat_template_of, encode_batch, load_tokenizer, special_token_ids
+from schemas.config import MaskConfig, RenderConfig
+from tests.chats import WITH_SYSTEM, hf_messages
+from tests.test_mask import labels_for, trained_text
+
+CORPUS = [
+    "You are a concise assistant.", "Name a prime number.", "Seven.", "用中文说一个质数。",
+    "十一是一个质数。它只能被1和自身整除。", "The quick brown fox jumps over the lazy dog.",
+] * 20
+
+
+def sentencepiece_style() -> PreTrainedTokenizerFast:
+    """A Unigram model with a Metaspace prefix space, as Llama 2 / Mistral tokenizers are."""
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+                                      unk_token="<unk>")
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+                                   chat_template=load_template("chatml"))
+
+
+def test_sentencepiece_style_tokens_equal_apply_chat_template_and_masks_hold():
+    tokenizer = sentencepiece_style()
+    ids, labels = labels_for(tokenizer, WITH_SYSTEM)
+    assert ids.tolist() == tokenizer.apply_chat_template(hf_messages(WITH_SYSTEM), tokenize=True, return_dict=False)
+    runs = trained_text(tokenizer, ids, labels)
+    assert len(runs) == 2 and all(r.endswith("<|im_end|>") for r in runs)
+    assert "Seven" in runs[0] and "质数" in runs[1]
+    assert np.array_equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
+
+
+def test_offsets_cover_the_text_for_byte_level_bpe():
+    from tests.conftest import demo_tokenizer
+
+    tokenizer = demo_tokenizer()
+    text = "<|user|>\n你好 world  \n\t🙂 code: x=1<|assistant|>"
+    (enc,) = encode_batch(tokenizer, [text])
+    assert enc.offsets.shape == (len(enc.input_ids), 2)
+    assert enc.offsets[0, 0] == 0 and enc.offsets[-1, 1] == len(text)
+    assert np.all(enc.offsets[1:, 0] >= enc.offsets[:-1, 0])
+
+
+def test_special_token_ids_include_added_special_tokens():
+    tokenizer = sentencepiece_style()
+    ids = set(special_token_ids(tokenizer).tolist())
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ids and tokenizer.eos_token_id in ids
+
+
+def test_a_tokenizer_without_template_needs_chat_template(tmp_path):
+    tokenizer = sentencepiece_style()
+    tokenizer.chat_template = None
+    with pytest.raises(PipelineError, match="--chat-template"):
+        chat_template_of(tokenizer, RenderConfig())
+    assert chat_template_of(tokenizer, RenderConfig(chat_template="llama3")) == load_template("llama3")
+
+
+def test_a_missing_tokenizer_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="cannot load tokenizer"):
+        load_tokenizer(RenderConfig(tokenizer=str(tmp_path / "nope")))
+
+
+def test_a_slow_only_tokenizer_is_refused_with_the_reason(monkeypatch):
+    import transformers
+
+    class Slow:
+        is_fast = False
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: Slow()))
+    with pytest.raises(PipelineError, match="no fast .Rust. version: character offsets"):
+        load_tokenizer(RenderConfig(tokenizer="some/slow-model"))
