@@ -28,7 +28,9 @@ data/tokenizer/tokenizer.json: $(STAMP) pipeline/demo_tokenizer.py data/corpus.t
 preprocess: $(STAMP) data/tokenizer/tokenizer.json
 	$(PY) -m pipeline preprocess --config data/preprocess.yaml --out $(OUT)/shards
 
+# A fresh demo run each time (the trainer refuses to overwrite a run; continue one with --resume instead).
 train: $(STAMP)
+	rm -rf $(OUT)/run
 	$(PY) -m pipeline train --config data/train.yaml --data $(OUT)/shards --out $(OUT)/run
 
 check: $(STAMP)
