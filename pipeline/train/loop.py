@@ -126,6 +126,8 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, use_cuda: bool) -> TrainR
                 if (v := cfg.model_dump(mode="json")[k]) != old.get(k)]
         if diff:
             raise ConfigError(["resume needs the checkpoint's values for these options:", *diff])
+    if ddp:
+        dist.barrier()  # every rank has looked at `out` before rank 0 writes anything there
 
     # -- model and optimizer ----------------------------------------------------------------------------------
     longest = max(pack_length, int(eval_split.lengths.max()) if eval_split is not None else 0)
