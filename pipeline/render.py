@@ -81,7 +81,7 @@ class Renderer:
         or rewrites the text of a message in `trained` (all messages when None) beyond trimming its edges."""
         plain, _ = self.template_messages(conversation, wrap=False)
         marked, pieces = self.template_messages(conversation, wrap=True)
-        tools = list(conversation.tools) if conversation.tools else None
+        tools = template_tools(conversation)
         try:
             text = self.render_messages(plain, tools)
             marked_text = self.render_messages(marked, tools)
@@ -147,11 +147,12 @@ class Renderer:
         out: list[dict[str, Any]] = []
         for index, message in enumerate(conversation.messages):
             out.append(self._template_message(index, message, mark))
-        if conversation.tools and self.traits.tools_on_system_message:
+        tools = template_tools(conversation)
+        if tools and self.traits.tools_on_system_message:
             if out and out[0]["role"] == "system":
-                out[0]["tools"] = list(conversation.tools)
+                out[0]["tools"] = tools
             else:
-                out.insert(0, {"role": "system", "content": "", "tools": list(conversation.tools)})
+                out.insert(0, {"role": "system", "content": "", "tools": tools})
         return out, pieces
 
     def _template_message(self, index: int, message: Message, mark) -> dict[str, Any]:
@@ -195,6 +196,18 @@ def _with_fixed_clock(template: str) -> None:
 
     transformers compiles each template once (cached); its globals are the only place a callable can be given."""
     _compile_jinja_template(template).globals["strftime_now"] = lambda fmt: FIXED_DATE.strftime(fmt)
+
+
+def template_tools(conversation: Conversation) -> list[dict[str, Any]] | None:
+    """Tools as chat templates expect them: `{"type": "function", "function": {...}}`. A bare function spec
+    (`{"name": ..., "parameters": ...}`, as glaive data and legacy `functions` write them) is wrapped; the rest is
+    passed exactly as written."""
+    if not conversation.tools:
+        return None
+    return [
+        {"type": "function", "function": tool} if "type" not in tool and "function" not in tool and "name" in tool else tool
+        for tool in conversation.tools
+    ]
 
 
 def _strip_sentinels(marked: str, pieces: dict[int, tuple[int, str, str]]) -> tuple[str, list[Span]]:

@@ -54,6 +54,13 @@ WITH_REASONING = conversation(
 ALL = [PLAIN, WITH_SYSTEM, WITH_TOOLS, WITH_REASONING]
 
 
+def hf_tools(conv: Conversation) -> list[dict] | None:
+    """Tools in the JSON-schema form Hugging Face chat templates document: bare function specs get wrapped."""
+    if not conv.tools:
+        return None
+    return [t if "type" in t or "function" in t else {"type": "function", "function": t} for t in conv.tools]
+
+
 def hf_messages(conv: Conversation, *, tool_role: str = "tool", tools_on_system: bool = False,
                 tool_calls_as_json: bool = False) -> list[dict]:
     """The messages a user would pass to `apply_chat_template` for this conversation."""
@@ -75,7 +82,7 @@ def hf_messages(conv: Conversation, *, tool_role: str = "tool", tools_on_system:
         out.append(message)
     if conv.tools and tools_on_system:
         if out[0]["role"] == "system":
-            out[0]["tools"] = list(conv.tools)
+            out[0]["tools"] = hf_tools(conv)
         else:
-            out.insert(0, {"role": "system", "content": "", "tools": list(conv.tools)})
+            out.insert(0, {"role": "system", "content": "", "tools": hf_tools(conv)})
     return out

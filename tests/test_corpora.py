@@ -14,7 +14,7 @@ from pipeline.run import preprocess
 from pipeline.templates import load_template
 from schemas.config import load_config
 from schemas.sources import SourceConfig
-from tests.chats import hf_messages
+from tests.chats import hf_messages, hf_tools
 from tests.conftest import REAL_TOKENIZERS, real_tokenizer, shared_path
 from tests.test_render import _reference_options
 
@@ -55,7 +55,7 @@ def test_every_written_corpus_sample_equals_apply_chat_template(tmp_path, name, 
     options = _reference_options(name)
     for source, row, ids in zip(train["source"], train["row"], train["input_ids"]):
         conv = conversations[(source, row)]
-        arguments = dict(tools=list(conv.tools) if conv.tools else None, chat_template=template)
+        arguments = dict(tools=hf_tools(conv), chat_template=template)
         messages = hf_messages(conv, **options)
         expected = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **arguments)
         assert ids == list(expected), f"{source}:{row}"

@@ -7,7 +7,7 @@ from pipeline.errors import RowError
 from pipeline.render import Renderer
 from pipeline.render import renderer_args
 from pipeline.tokenize import encode_batch
-from tests.chats import ALL, WITH_SYSTEM, WITH_TOOLS, conversation, hf_messages
+from tests.chats import ALL, WITH_SYSTEM, WITH_TOOLS, conversation, hf_messages, hf_tools
 from tests.conftest import REAL_TOKENIZERS, real_tokenizer
 from schemas.records import Message
 
@@ -33,7 +33,7 @@ def test_rendering_and_tokens_equal_apply_chat_template(name, conv):
     renderer = Renderer(tokenizer.chat_template, **renderer_args(tokenizer))
     rendered = renderer(conv, _assistants(conv))
     messages = hf_messages(conv, **_reference_options(name))
-    tools = list(conv.tools) if conv.tools else None
+    tools = hf_tools(conv)
     assert rendered.text == tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     expected_ids = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=False)
     assert encode_batch(tokenizer, [rendered.text])[0].input_ids.tolist() == list(expected_ids)
