@@ -286,3 +286,90 @@ def format_summary(manifest: dict, out: Path) -> str:
             lines.append(f"  {kind.split('_')[0]}: {reason}: {count}")
     lines.append(f"wrote {out} (rejects: {out / 'rejects.jsonl'})")
     return "\n".join(lines)
+
+
+# --- check ---------------------------------------------------------------------------------------------------------
+_CHECK_HELP = """Data-quality checks on a preprocess output, for CI: accounting, reject and truncation rates,
+trained tokens, lengths against the limit, duplicates, labels, end-of-turn tokens, decode round trip, checksums.
+
+\b
+DIR: the --out directory of `preprocess` (manifest.json, split folders, tokenizer/).
+Exit status: 0 every check passed, 1 a check failed, 2 DIR is not a valid output or --config is invalid.
+
+\b
+Examples:
+  python -m pipeline check out/shards
+  python -m pipeline check out/shards --config data/check.yaml --report out/report.html
+  python -m pipeline check out/shards --json | jq '.checks[] | select(.status == "fail")'
+"""
+
+
+@main.command("check", help=_CHECK_HELP)
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Thresholds YAML (keys as in schemas/check_config.py; list only what differs).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every check.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report here.")
+@click.pass_context
+def check_command(ctx, directory, config_path, as_json, report_path) -> None:
+    import json as json_
+
+    from pipeline.check import run_checks
+    from pipeline.errors import ConfigError, InputError
+    from schemas.check_config import load_check_config
+
+    try:
+        config = load_check_config(config_path)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        report = run_checks(directory, config)
+    except InputError as e:
+        raise _Unreadable(str(e)) from None
+    if report_path is not None:
+        from pipeline.report import write_report
+
+        write_report(report, report_path)
+    click.echo(json_.dumps(report.to_json(), ensure_ascii=False) if as_json else report.to_markdown())
+    if report_path is not None and not as_json:
+        click.echo(f"report: {report_path}")
+    ctx.exit(0 if report.passed else 1)
+
+
+# --- show ----------------------------------------------------------------------------------------------------------
+_SHOW_HELP = """Print one written sample with its trained tokens highlighted: coloured on a terminal, in [[...]]
+otherwise. --ids adds a table of position, token id, label and token text.
+
+\b
+Examples:
+  python -m pipeline show out/shards                       # the first train row
+  python -m pipeline show out/shards --split eval --index 3 --ids
+  python -m pipeline show out/shards --id 37a5d2e9d7efcb3a | less -R
+"""
+
+
+@main.command("show", help=_SHOW_HELP)
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--index", type=int, help="Row number in the split (0-based) [default: 0].")
+@click.option("--id", "row_id", help="The row's `id` (searched in --split, or in every split).")
+@click.option("--split", help="Split to read [default: train].")
+@click.option("--ids", is_flag=True, help="Also print a table of position, id, label and token.")
+@click.option("--color/--no-color", default=None, help="Colour trained tokens [default: when stdout is a terminal].")
+def show_command(directory, index, row_id, split, ids, color) -> None:
+    import sys
+
+    from pipeline.errors import InputError, PipelineError
+    from pipeline.show import show
+
+    if index is not None and row_id is not None:
+        raise click.UsageError("give --index or --id, not both")
+    color = sys.stdout.isatty() if color is None else color
+    highlight = (lambda text: click.style(text, fg="green", bold=True)) if color else None
+    try:
+        text = show(directory, split=split, index=index, row_id=row_id, highlight=highlight, ids=ids)
+    except InputError as e:
+        raise _Unreadable(str(e)) from None
+    except PipelineError as e:
+        raise click.UsageError(str(e)) from None
+    click.echo(text, color=color)
