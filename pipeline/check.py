@@ -99,6 +99,10 @@ class Scan:
     samples: list[RowSample] = field(default_factory=list)
 
     @property
+    def unreadable_splits(self) -> set[str]:
+        return {name.split("/")[0] for name in self.unreadable}
+
+    @property
     def all_lengths(self) -> np.ndarray:
         return np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
 
@@ -384,6 +388,9 @@ def check_accounting(output: Output, scan: Scan, config: CheckConfig) -> CheckRe
         listed = sum(s["rows"] for s in info["shards"])
         if not info["rows"] == listed == scan.rows[split]:
             problems.append(f"{split}: manifest rows {info['rows']}, shard entries {listed}, shards hold {scan.rows[split]}")
+        for key, found in (("tokens", scan.tokens[split]), ("trained_tokens", scan.trained[split])):
+            if split not in scan.unreadable_splits and info.get(key, found) != found:
+                problems.append(f"{split}: manifest {key} {info[key]}, shards hold {found}")
     if sum(scan.rows.values()) != acc["written"]:
         problems.append(f"written {acc['written']} != rows in the shards {sum(scan.rows.values())}")
     value = f"read {acc['read']} = written {acc['written']} + rejected {acc['rejected']} + filtered {acc['filtered']}"
