@@ -146,11 +146,17 @@ def _rejects_section(report: CheckReport) -> str:
     examples = _reject_examples(report.output.path / "rejects.jsonl")
     if examples:
         html += f"<p class='muted'>first {len(examples)} lines of rejects.jsonl</p><table><tr><th>where</th>" \
-                "<th>reason</th><th>field</th><th>message</th></tr>" + "".join(
+                "<th>reason</th><th>field</th><th>message</th><th>raw (start)</th></tr>" + "".join(
                     f"<tr><td>{escape(str(e.get('source')))}:{escape(str(e.get('row')))}</td><td>{escape(str(e.get('reason')))}</td>"
-                    f"<td>{escape(str(e.get('field') or ''))}</td><td>{escape(str(e.get('message')))}</td></tr>"
+                    f"<td>{escape(str(e.get('field') or ''))}</td><td>{escape(str(e.get('message')))}</td>"
+                    f"<td><code>{escape(_raw_start(e.get('raw')))}</code></td></tr>"
                     for e in examples) + "</table>"
     return html
+
+
+def _raw_start(raw, limit: int = 120) -> str:
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _reject_examples(path: Path) -> list[dict]:

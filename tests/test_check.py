@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from pipeline.check import content_hash, iter_batches, run_checks
+from pipeline.check import content_hash, iter_batches, round_trips, run_checks
 from pipeline.cli import main
 from pipeline.errors import ConfigError, InputError
 from pipeline.mask import IGNORE_INDEX
@@ -304,3 +304,13 @@ def test_the_shipped_thresholds_file_loads():
     shipped = Path(__file__).resolve().parents[1] / "data" / "check.yaml"
     if shipped.exists():
         load_check_config(shipped)
+
+
+def test_a_cut_through_a_character_is_tolerated_only_at_the_tail():
+    tokenizer = demo_tokenizer()
+    ids = np.array(tokenizer.encode("The answer is 3. 第三轮回答，谢谢。", add_special_tokens=False))
+    cuts = [k for k in range(1, len(ids)) if tokenizer.decode(ids[:k].tolist()).endswith("\ufffd")]
+    assert cuts, "the demo tokenizer splits some CJK characters over byte tokens"
+    cut = ids[: cuts[0]]
+    assert round_trips(tokenizer, ids) and not round_trips(tokenizer, cut)
+    assert round_trips(tokenizer, cut, tolerance=2)

@@ -1,0 +1,65 @@
+"""The HTML report: self-contained (no scripts, no external assets), escaped samples, rendered by headless Chromium."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from pipeline.check import run_checks
+from pipeline.report import histogram_svg, render_report, write_report
+from pipeline.run import preprocess
+from schemas.check_config import CheckConfig
+from schemas.config import load_config
+from tests.conftest import DEMO_TOKENIZER
+
+import numpy as np
+
+TRICKY = "Use <b>bold</b> & <script>alert('x')</script> here, 谢谢."
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    rows = [{"messages": [{"role": "user", "content": f"Question {k}: {TRICKY}"},
+                          {"role": "assistant", "content": f"Answer {k}: {TRICKY}"}]} for k in range(6)]
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows] + ["{broken", json.dumps({"messages": []})]
+    (root / "chats.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = load_config(None, {"inputs": [str(root / "chats.jsonl")], "render.tokenizer": str(DEMO_TOKENIZER)})
+    preprocess(config, root / "out")
+    return run_checks(root / "out", CheckConfig(report_samples=2))
+
+
+def test_self_contained_and_escaped(report):
+    html = render_report(report)
+    assert html.startswith("<!DOCTYPE html>") and "<script" not in html
+    assert not re.search(r"""(src|href)\s*=|url\(|@import""", html)  # no external or embedded assets to fetch
+    text = re.sub(r"<span[^>]*>|</span>", "", html)  # samples are one span per token
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert html.count("<svg") == 3  # length histogram, trained share per role and per split
+    for check in report.results:
+        assert f"<td>{check.name}</td>" in html
+    assert "invalid_json" in html and "{broken" in html  # reasons and the rejects.jsonl lines
+    assert "class='t'" in html or "class='t sp'" in html  # trained tokens highlighted
+
+
+def test_histogram_marks_the_limit():
+    svg = histogram_svg(np.array([5, 10, 10, 80]), limit=100)
+    assert svg.count("<rect") == 40 and "limit 100" in svg and "stroke-dasharray" in svg
+
+
+def test_chromium_renders_it(report, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not on PATH")
+    page, shot = tmp_path / "report.html", tmp_path / "report.png"
+    write_report(report, page)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60)
+    assert "chatshard check" in dom.stdout and "Length distribution" in dom.stdout
+    subprocess.run([chromium, *flags, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
+                   capture_output=True, timeout=60, cwd=tmp_path)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
