@@ -76,6 +76,24 @@ class RowSample:
 
 
 @dataclass
+class Found:
+    """How many rows a check found, and the first few by name: memory stays flat however many there are."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, items) -> None:
+        for item in items:
+            self.count += 1
+            if len(self.examples) < EXAMPLES:
+                self.examples.append(item)
+
+    def describe(self) -> str:
+        more = f" (+{self.count - len(self.examples)} more)" if self.count > len(self.examples) else ""
+        return "; ".join(self.examples) + more
+
+
+@dataclass
 class Scan:
     """What one pass over every shard collected."""
 
@@ -84,15 +102,16 @@ class Scan:
     trained: Counter = field(default_factory=Counter)
     lengths: list[np.ndarray] = field(default_factory=list)
     row_trained: list[np.ndarray] = field(default_factory=list)
-    no_trained: list[str] = field(default_factory=list)
-    label_problems: list[str] = field(default_factory=list)
+    no_trained: Found = field(default_factory=Found)
+    label_problems: Found = field(default_factory=Found)
     runs: int = 0
     runs_closed: int = 0
-    open_runs: list[str] = field(default_factory=list)
+    open_runs: Found = field(default_factory=Found)
     hashes: dict[bytes, str] = field(default_factory=dict)  # content hash -> first row's split
-    duplicates: list[str] = field(default_factory=list)
+    duplicates: Found = field(default_factory=Found)
     cross_split_duplicates: int = 0
-    round_trip: list[tuple[str, bool]] = field(default_factory=list)  # (row, ok) per sampled row
+    round_trip_tried: int = 0
+    round_trip_failed: Found = field(default_factory=Found)
     unreadable: dict[str, str] = field(default_factory=dict)
     role_tokens: Counter = field(default_factory=Counter)
     role_trained: Counter = field(default_factory=Counter)
@@ -255,30 +274,32 @@ def _scan_batch(scan: Scan, batch: pa.RecordBatch, *, split: str, first: int, fi
     same_shape = np.array_equal(offsets, label_offsets)
     if not same_shape:
         label_lengths = np.diff(label_offsets)
-        scan.label_problems += [f"{names[k]} (labels {label_lengths[k]} vs input_ids {lengths[k]})"
-                                for k in np.flatnonzero(label_lengths != lengths)]
+        scan.label_problems.add(f"{names[k]} (labels {label_lengths[k]} vs input_ids {lengths[k]})"
+                                for k in np.flatnonzero(label_lengths != lengths))
         return  # position-wise checks are meaningless on misaligned rows
     row_of = np.repeat(np.arange(batch.num_rows), lengths)
     trained = labels != IGNORE_INDEX
     bad = trained & (labels != ids)
     if bad.any():
-        scan.label_problems += [f"{names[k]} (label != token at {np.count_nonzero(bad[row_of == k])} positions)"
-                                for k in np.unique(row_of[bad])]
+        per_row_bad = np.bincount(row_of[bad], minlength=batch.num_rows)
+        scan.label_problems.add(f"{names[k]} (label != token at {per_row_bad[k]} positions)"
+                                for k in np.flatnonzero(per_row_bad))
     per_row = np.bincount(row_of, weights=trained, minlength=batch.num_rows).astype(np.int64)
     scan.row_trained.append(per_row)
     scan.trained[split] += int(per_row.sum())
-    scan.no_trained += [names[k] for k in np.flatnonzero(per_row == 0)]
+    scan.no_trained.add(names[k] for k in np.flatnonzero(per_row == 0))
     _scan_runs(scan, ids, trained, offsets, row_of, special, names)
     _scan_roles(scan, ids, trained, offsets, row_of, markers, output.tokenizer)
     _scan_duplicates(scan, ids, offsets, split, names, output.tokenizer)
     for k in range(batch.num_rows):
         row_ids_k, row_labels_k = ids[offsets[k] : offsets[k + 1]], labels[offsets[k] : offsets[k + 1]]
         if byte_level and (first_global + k) % strides[0] == 0 and (
-            not config.decode_sample_rows or len(scan.round_trip) < config.decode_sample_rows
+            not config.decode_sample_rows or scan.round_trip_tried < config.decode_sample_rows
         ):
             cut = output.strategy == "cut_tail" and output.limit is not None and len(row_ids_k) == output.limit
-            ok = round_trips(output.tokenizer, row_ids_k, tolerance=config.cut_tail_tokens if cut else 0)
-            scan.round_trip.append((names[k], ok))
+            scan.round_trip_tried += 1
+            if not round_trips(output.tokenizer, row_ids_k, tolerance=config.cut_tail_tokens if cut else 0):
+                scan.round_trip_failed.add([names[k]])
         if len(scan.samples) < config.report_samples and (first_global + k) % strides[1] == 0:
             scan.samples.append(RowSample(split, first + k, row_ids[k], row_ids_k, row_labels_k))
 
@@ -295,7 +316,7 @@ def _scan_runs(scan: Scan, ids, trained, offsets, row_of, special, names) -> Non
     closed = special[np.minimum(ids[ends], len(special) - 1)] | row_end[ends]
     scan.runs += len(ends)
     scan.runs_closed += int(closed.sum())
-    scan.open_runs += [f"{names[row_of[e]]} (run ends at position {e - offsets[row_of[e]]})" for e in ends[~closed]]
+    scan.open_runs.add(f"{names[row_of[e]]} (run ends at position {e - offsets[row_of[e]]})" for e in ends[~closed])
 
 
 def _scan_roles(scan: Scan, ids, trained, offsets, row_of, markers, tokenizer) -> None:
@@ -344,7 +365,7 @@ def _scan_duplicates(scan: Scan, ids, offsets, split, names, tokenizer) -> None:
         if first is None:
             scan.hashes[key] = split
         else:
-            scan.duplicates.append(name)
+            scan.duplicates.add([name])
             scan.cross_split_duplicates += first != split
 
 
@@ -363,11 +384,6 @@ def round_trips(tokenizer, ids: np.ndarray, *, tolerance: int = 0) -> bool:
 
 def _result(name: str, ok: bool, value: Any, threshold: str, detail: str = "") -> CheckResult:
     return CheckResult(name, "pass" if ok else "fail", value, threshold, detail)
-
-
-def _examples(rows: list[str]) -> str:
-    more = f" (+{len(rows) - EXAMPLES} more)" if len(rows) > EXAMPLES else ""
-    return "; ".join(rows[:EXAMPLES]) + more
 
 
 def _rate(part: int, whole: int) -> float:
@@ -415,7 +431,7 @@ def check_truncation_rate(output: Output, scan: Scan, config: CheckConfig) -> Ch
 
 def check_no_trained_tokens(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
     rows = scan.no_trained
-    return _result("no_trained_tokens", not rows, len(rows), "== 0", _examples(rows) if rows else "every row trains")
+    return _result("no_trained_tokens", not rows.count, rows.count, "== 0", rows.describe() or "every row trains")
 
 
 def check_trained_fraction(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
@@ -441,21 +457,21 @@ def check_length(output: Output, scan: Scan, config: CheckConfig) -> CheckResult
 
 
 def check_duplicates(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
-    count = len(scan.duplicates)
+    count = scan.duplicates.count
     rate = _rate(count, sum(scan.rows.values()))
     ok = rate <= config.max_duplicate_rate and (config.max_duplicates is None or count <= config.max_duplicates)
     threshold = f"rate <= {config.max_duplicate_rate}" + (
         f", count <= {config.max_duplicates}" if config.max_duplicates is not None else "")
     detail = f"{count} duplicate rows ({scan.cross_split_duplicates} repeat a row of another split)"
     if count:
-        detail += ": " + _examples(scan.duplicates)
+        detail += ": " + scan.duplicates.describe()
     return _result("duplicates", ok, round(rate, 6), threshold, detail)
 
 
 def check_labels(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
     rows = scan.label_problems
-    return _result("labels", not rows, len(rows), "== 0 rows",
-                   _examples(rows) if rows else f"every label is {IGNORE_INDEX} or its token; same lengths")
+    return _result("labels", not rows.count, rows.count, "== 0 rows",
+                   rows.describe() or f"every label is {IGNORE_INDEX} or its token; same lengths")
 
 
 def check_end_of_turn(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
@@ -465,8 +481,8 @@ def check_end_of_turn(output: Output, scan: Scan, config: CheckConfig) -> CheckR
         return CheckResult("end_of_turn", "skip", None, threshold, f"not applicable: {why}")
     share = _rate(scan.runs_closed, scan.runs) if scan.runs else 1.0
     detail = f"{scan.runs_closed} of {scan.runs} trained runs end on a special token or at the row's end"
-    if scan.open_runs:
-        detail += ": " + _examples(scan.open_runs)
+    if scan.open_runs.count:
+        detail += ": " + scan.open_runs.describe()
     return _result("end_of_turn", share >= config.min_end_of_turn_fraction, round(share, 6), threshold, detail)
 
 
@@ -475,12 +491,11 @@ def check_decode_round_trip(output: Output, scan: Scan, config: CheckConfig) -> 
     if not is_byte_level(output.tokenizer):
         return CheckResult("decode_round_trip", "skip", None, threshold,
                            "not applicable: the tokenizer is not byte-level, so decode need not give back the text")
-    bad = [name for name, ok in scan.round_trip if not ok]
-    tried = len(scan.round_trip)
-    share = _rate(tried - len(bad), tried) if tried else 1.0
-    detail = f"{tried - len(bad)} of {tried} sampled rows give back their ids"
-    if bad:
-        detail += ": " + _examples(bad)
+    tried, bad = scan.round_trip_tried, scan.round_trip_failed
+    share = _rate(tried - bad.count, tried) if tried else 1.0
+    detail = f"{tried - bad.count} of {tried} sampled rows give back their ids"
+    if bad.count:
+        detail += ": " + bad.describe()
     return _result("decode_round_trip", share >= config.min_decode_round_trip, round(share, 6), threshold, detail)
 
 
@@ -495,7 +510,7 @@ def check_checksums(output: Output, scan: Scan, config: CheckConfig) -> CheckRes
     listed = {f"{split}/{path.name}" for split, path, _ in files}
     problems += [f"{name}: not in the manifest" for name in sorted(on_disk - listed)]
     return _result("checksums", not problems, f"{len(files) - len(problems)}/{len(files)} match", "all match",
-                   _examples(problems) if problems else f"{len(files)} shard files")
+                   "; ".join(problems) if problems else f"{len(files)} shard file(s)")
 
 
 CHECKS = {

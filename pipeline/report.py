@@ -71,14 +71,20 @@ def _length_section(report: CheckReport) -> str:
         return "<p class='muted'>no rows</p>"
     p50, p95 = (int(np.percentile(lengths, q, method="nearest")) for q in (50, 95))
     caption = f"<p class='muted'>{len(lengths)} rows &middot; p50 {p50} &middot; p95 {p95} &middot; max {int(lengths.max())}"
-    caption += f" &middot; limit {report.output.limit} (dashed)</p>" if report.output.limit else "</p>"
+    caption += f" &middot; limit {report.output.limit}</p>" if report.output.limit else "</p>"
     return caption + histogram_svg(lengths, limit=report.output.limit)
 
 
 def histogram_svg(values: np.ndarray, *, limit: int | None = None, bins: int = 40, width: int = 1000,
                   height: int = 220) -> str:
-    """Bars of a histogram, with x and y ticks and a dashed line at `limit`."""
-    top = max(int(values.max()), limit or 0, 1)
+    """Bars of a histogram, with x and y ticks and a dashed line at `limit` (noted, not drawn, when it lies far to the
+    right of every value: the bars would all crowd into the first bins)."""
+    longest = max(int(values.max()), 1)
+    if limit and limit > 1.5 * longest:
+        limit, note = None, f"limit {limit}: off the chart, right of every row"
+    else:
+        note = ""
+    top = max(longest, limit or 0)
     counts, edges = np.histogram(values, bins=bins, range=(0, top))
     left, bottom, plot_w, plot_h = 50, height - 30, width - 70, height - 50
     peak = max(int(counts.max()), 1)
@@ -100,6 +106,8 @@ def histogram_svg(values: np.ndarray, *, limit: int | None = None, bins: int = 4
         parts.append(f"<line x1='{x(limit):.1f}' y1='{bottom - plot_h}' x2='{x(limit):.1f}' y2='{bottom}' "
                      f"stroke='#cf222e' stroke-dasharray='5,4'/><text x='{x(limit) - 4:.1f}' y='{bottom - plot_h + 10}' "
                      f"text-anchor='end' fill='#cf222e'>limit {limit}</text>")
+    if note:
+        parts.append(f"<text x='{left + plot_w}' y='{bottom - plot_h + 10}' text-anchor='end' fill='#cf222e'>{note}</text>")
     return "".join(parts) + "</svg>"
 
 
