@@ -8,6 +8,7 @@ where trained, else -100 (the model shifts).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -54,41 +55,50 @@ def message_regions(rendered: Rendered, messages: list[int], *, train_eot: bool)
 
 def token_labels(
     input_ids: np.ndarray,
-    offsets: np.ndarray,
+    encoding: Any,
     rendered: Rendered,
     regions: list[Region],
     *,
-    special_ids: np.ndarray,
+    special_ids: frozenset[int],
     train_everything: bool = False,
 ) -> np.ndarray:
-    """Labels for one tokenized rendering. `offsets` is (n, 2) character offsets from the fast tokenizer."""
+    """Labels for one tokenized rendering. `encoding` (a tokenizers.Encoding of the text) maps characters to
+    tokens; `special_ids` are the tokens that can end a turn. A token is trained when it holds any character of a
+    region, so a character split over several byte tokens is trained whole."""
     if train_everything:
         return input_ids.astype(np.int32, copy=True)
-    n_chars = len(rendered.text)
-    trained_chars = np.zeros(n_chars + 1, dtype=np.int32)
+    trained = np.zeros(len(input_ids), dtype=bool)
+    n_chars, n_tokens = len(rendered.text), len(input_ids)
+    span_starts = sorted({s.start for s in rendered.spans})
     for region in regions:
-        trained_chars[region.start] += 1
-        trained_chars[region.end] -= 1
-    inside = np.cumsum(trained_chars[:-1]) > 0
-    prefix = np.concatenate(([0], np.cumsum(inside, dtype=np.int64)))
-    starts = np.minimum(offsets[:, 0], n_chars)
-    ends = np.minimum(offsets[:, 1], n_chars)
-    trained = (prefix[ends] - prefix[starts]) > 0
-    if any(r.eot for r in regions):
-        _mark_end_of_turns(trained, input_ids, starts, rendered, regions, special_ids)
+        first = _first_token_from(encoding, region.start, n_chars, n_tokens)
+        after = _first_token_from(encoding, region.end, n_chars, n_tokens)
+        if after < n_tokens and encoding.token_to_chars(after)[0] < region.end:
+            after += 1  # that token also holds the region's last characters
+        if first >= after:
+            continue  # the region holds no token (empty text)
+        trained[first:after] = True
+        if region.eot:
+            later = next((s for s in span_starts if s >= region.end), None)
+            limit = n_tokens if later is None else _first_token_from(encoding, later, n_chars, n_tokens)
+            _mark_end_of_turn(trained, input_ids, after, limit, special_ids)
     return np.where(trained, input_ids, IGNORE_INDEX).astype(np.int32)
 
 
-def _mark_end_of_turns(trained, input_ids, starts, rendered: Rendered, regions: list[Region], special_ids) -> None:
-    """Train each region's end-of-turn: the first special token after it, and the template text up to it."""
-    span_starts = np.array(sorted({s.start for s in rendered.spans}), dtype=np.int64)
-    is_special = np.isin(input_ids, special_ids)
-    for region in regions:
-        if not region.eot:
-            continue
-        first = int(np.searchsorted(starts, region.end, side="left"))
-        later = span_starts[span_starts >= region.end]
-        limit = int(np.searchsorted(starts, later[0], side="left")) if len(later) else len(input_ids)
-        hits = np.flatnonzero(is_special[first:limit])
-        if len(hits):
-            trained[first : first + int(hits[0]) + 1] = True
+def _first_token_from(encoding: Any, position: int, n_chars: int, n_tokens: int) -> int:
+    """The first token holding a character at or after `position` (normalisers may drop characters); n_tokens
+    when there is none."""
+    for char in range(position, n_chars):
+        token = encoding.char_to_token(char)
+        if token is not None:
+            return token
+    return n_tokens
+
+
+def _mark_end_of_turn(trained: np.ndarray, input_ids: np.ndarray, start: int, limit: int, special_ids) -> None:
+    """Train the first special token in [start, limit) and the template text before it (`</tool_call>`...).
+    The end-of-turn is almost always the very next token, so a short scan beats a vectorised search here."""
+    for position in range(start, limit):
+        if input_ids[position] in special_ids:
+            trained[start : position + 1] = True
+            return

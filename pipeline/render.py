@@ -17,7 +17,11 @@ from typing import Any
 
 from functools import lru_cache
 
-from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
+from transformers.utils.chat_template_utils import (
+    _alias_reasoning_fields,
+    _compile_jinja_template,
+    render_jinja_template,
+)
 
 from pipeline.errors import RowError
 from schemas.records import Conversation, Message
@@ -73,7 +77,7 @@ class Renderer:
         self.template = template
         self.traits = TemplateTraits.of(template, special_tokens)
         self._kwargs = special_tokens_map
-        _with_fixed_clock(template)
+        self._compiled = _with_fixed_clock(template)
         self.generation_prompt = self._generation_prompt()
 
     def __call__(self, conversation: Conversation, trained: frozenset[int] | None = None) -> Rendered:
@@ -124,11 +128,12 @@ class Renderer:
         return openings
 
     def render_messages(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        """Render template-ready messages exactly as `apply_chat_template(..., tokenize=False)` does."""
-        rendered, _ = render_jinja_template(
-            conversations=[messages], tools=tools, chat_template=self.template, **self._kwargs
+        """Render template-ready messages as `apply_chat_template(..., tokenize=False)` does. The messages are plain
+        JSON data built here, so transformers' defensive copy is skipped; its reasoning-field aliases are kept."""
+        return self._compiled.render(
+            messages=_alias_reasoning_fields(messages), tools=tools, documents=None, add_generation_prompt=False,
+            **self._kwargs,
         )
-        return rendered[0]
 
     def template_messages(
         self, conversation: Conversation, *, wrap: bool
@@ -191,11 +196,13 @@ def renderer_args(tokenizer) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def _with_fixed_clock(template: str) -> None:
-    """Make `strftime_now` in this template return FIXED_DATE, so renderings do not change from day to day.
-
-    transformers compiles each template once (cached); its globals are the only place a callable can be given."""
-    _compile_jinja_template(template).globals["strftime_now"] = lambda fmt: FIXED_DATE.strftime(fmt)
+def _with_fixed_clock(template: str):
+    """The template compiled as transformers compiles it, with `strftime_now` returning FIXED_DATE so renderings do
+    not change from day to day. transformers caches the compiled template; its globals are the only place a
+    callable can be given, so `apply_chat_template` on the same template sees the fixed date too."""
+    compiled = _compile_jinja_template(template)
+    compiled.globals["strftime_now"] = lambda fmt: FIXED_DATE.strftime(fmt)
+    return compiled
 
 
 def template_tools(conversation: Conversation) -> list[dict[str, Any]] | None:

@@ -71,7 +71,7 @@ class Processor:
         self.config = config
         self.tokenizer = load_tokenizer(config.render)
         self.template = chat_template_of(self.tokenizer, config.render)
-        self.special_ids = special_token_ids(self.tokenizer)
+        self.special_ids = frozenset(special_token_ids(self.tokenizer).tolist())
         self.control_tokens = control_token_pattern(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
         self.limit = config.truncation.limit(config.mask.preset)
@@ -104,9 +104,10 @@ class Processor:
                 result.rejects.append(problem)
             else:
                 conversations.append(item)
-        batch = self.config.output.batch_size
-        for start in range(0, len(conversations), batch):
-            self._process_batch(conversations[start : start + batch], result)
+        size = self.config.output.batch_size
+        batches = [conversations[start : start + size] for start in range(0, len(conversations), size)]
+        for batch, rendered in zip(batches, self._rendered_batches(batches)):
+            self._process_batch(batch, rendered, result)
         result.stats.rejected.update(r.reason for r in result.rejects)
         return result
 
@@ -136,20 +137,19 @@ class Processor:
             return frozenset()
         return frozenset(trained_messages(conversation, mask))
 
-    def _render_all(self, conversations: list[Conversation]) -> list[Rendered | RowError]:
-        jobs = [(c, self._checked_messages(c)) for c in conversations]
+    def _rendered_batches(self, batches: list[list[Conversation]]) -> Iterator[list[Rendered | RowError]]:
+        """Renderings batch by batch, in order. With workers, later batches render while this one is tokenized."""
+        jobs = ([(c, self._checked_messages(c)) for c in batch] for batch in batches)
         if self._pool is not None:
-            chunk = max(1, len(jobs) // (4 * self.config.output.workers))
-            results = self._pool.map(_render_in_worker, jobs, chunksize=chunk)
+            yield from self._pool.imap(_render_batch_in_worker, jobs)
         else:
-            results = [_render_or_error(self.renderer, *job) for job in jobs]
-        for conversation, result in zip(conversations, results):
-            if isinstance(result, RowError):
-                result.raw = conversation.model_dump(mode="json", exclude_none=True)
-        return results
+            for batch in jobs:
+                yield [_render_or_error(self.renderer, *job) for job in batch]
 
-    def _process_batch(self, conversations: list[Conversation], result: ChunkResult) -> None:
-        rendered = self._render_all(conversations)
+    def _process_batch(self, conversations: list[Conversation], rendered: list[Rendered | RowError], result: ChunkResult) -> None:
+        for conversation, outcome in zip(conversations, rendered):
+            if isinstance(outcome, RowError):
+                outcome.raw = conversation.model_dump(mode="json", exclude_none=True)
         ok = [(c, r) for c, r in zip(conversations, rendered) if not isinstance(r, RowError)]
         result.rejects.extend(r for r in rendered if isinstance(r, RowError))
         encoded = encode_batch(self.tokenizer, [r.text for _, r in ok])
@@ -179,10 +179,10 @@ class Processor:
                 pad_id=self.tokenizer.pad_token_id,
             )
         if mask.train_on_prompt:
-            return token_labels(enc.input_ids, enc.offsets, render, [], special_ids=self.special_ids, train_everything=True)
+            return token_labels(enc.input_ids, enc.encoding, render, [], special_ids=self.special_ids, train_everything=True)
         chosen = trained_messages(conversation, mask)
         regions = message_regions(render, chosen, train_eot=mask.train_end_of_turn)
-        return token_labels(enc.input_ids, enc.offsets, render, regions, special_ids=self.special_ids)
+        return token_labels(enc.input_ids, enc.encoding, render, regions, special_ids=self.special_ids)
 
     def _drop_oldest_turns(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray] | None:
         """Drop whole oldest rounds (system kept) until the sample fits; None if it never does."""
@@ -242,8 +242,8 @@ def _init_worker(template: str, args: dict[str, Any]) -> None:
     _worker_renderer = Renderer(template, **args)
 
 
-def _render_in_worker(job: tuple[Conversation, frozenset[int]]) -> Rendered | RowError:
-    return _render_or_error(_worker_renderer, *job)
+def _render_batch_in_worker(jobs: list[tuple[Conversation, frozenset[int]]]) -> list[Rendered | RowError]:
+    return [_render_or_error(_worker_renderer, *job) for job in jobs]
 
 
 def _render_or_error(renderer: Renderer, conversation: Conversation, trained: frozenset[int]) -> Rendered | RowError:

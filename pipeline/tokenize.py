@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from schemas.config import RenderConfig
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenized text: ids and (n, 2) character offsets into it."""
+    """One tokenized text: its ids, and the Rust encoding that maps characters to tokens and back."""
 
     input_ids: np.ndarray
-    offsets: np.ndarray
+    encoding: Any  # tokenizers.Encoding: char_to_token, token_to_chars
 
 
 def load_tokenizer(config: RenderConfig):
@@ -38,6 +39,8 @@ def load_tokenizer(config: RenderConfig):
             f"tokenizer {config.tokenizer!r} has no fast (Rust) version: character offsets, which the masks are "
             "computed from, need one (add a tokenizer.json, or convert it with transformers)"
         )
+    tokenizer.backend_tokenizer.no_truncation()  # limits are applied by the truncation stage, never silently here
+    tokenizer.backend_tokenizer.no_padding()
     return tokenizer
 
 
@@ -79,18 +82,10 @@ def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
     """Tokenize rendered texts in one batched Rust call; the template already wrote every special token."""
     if not texts:
         return []
-    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True  # limits are ours
-    out = tokenizer(
-        texts,
-        add_special_tokens=False,
-        return_offsets_mapping=True,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )
-    return [
-        Encoded(np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(-1, 2))
-        for ids, offsets in zip(out["input_ids"], out["offset_mapping"])
-    ]
+    # What `tokenizer(texts, add_special_tokens=False)` runs, without building Python offset lists: spans are mapped
+    # with the encodings' own char_to_token, a few calls per message instead of a tuple per token.
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    return [Encoded(np.array(e.ids, dtype=np.int64), e) for e in encodings]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -21,8 +21,8 @@ def labels_for(tokenizer, conv, policy=MaskConfig(), template=None):
     rendered = renderer(conv, frozenset(chosen))
     (enc,) = encode_batch(tokenizer, [rendered.text])
     regions = message_regions(rendered, chosen, train_eot=policy.train_end_of_turn)
-    return enc.input_ids, token_labels(enc.input_ids, enc.offsets, rendered, regions,
-                                       special_ids=special_token_ids(tokenizer))
+    return enc.input_ids, token_labels(enc.input_ids, enc.encoding, rendered, regions,
+                                       special_ids=frozenset(special_token_ids(tokenizer).tolist()))
 
 
 def trained_text(tokenizer, ids, labels) -> list[str]:
@@ -133,3 +133,13 @@ def test_labels_are_the_tokens_where_trained_and_ignore_elsewhere():
     trained = labels != IGNORE_INDEX
     assert np.array_equal(labels[trained], ids[trained])
     assert trained.any() and (~trained).any()
+
+
+def test_a_character_split_over_several_byte_tokens_is_trained_whole():
+    tokenizer = demo_tokenizer()
+    answer = "好的～🙂"  # rare characters: several byte-level tokens each
+    conv = conversation(Message(role="user", content="hi"), Message(role="assistant", content=answer))
+    ids, labels = labels_for(tokenizer, conv, MaskConfig(train_end_of_turn=False))
+    assert trained_text(tokenizer, ids, labels) == ["\n" + answer]
+    ids, labels = labels_for(tokenizer, conv)
+    assert trained_text(tokenizer, ids, labels) == ["\n" + answer]  # nothing follows: no end-of-turn token

@@ -44,15 +44,17 @@ def test_sentencepiece_style_tokens_equal_apply_chat_template_and_masks_hold():
     assert np.array_equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
 
 
-def test_offsets_cover_the_text_for_byte_level_bpe():
+def test_encode_batch_equals_the_tokenizer_call_and_maps_every_character():
     from tests.conftest import demo_tokenizer
 
     tokenizer = demo_tokenizer()
-    text = "<|user|>\n你好 world  \n\t🙂 code: x=1<|assistant|>"
-    (enc,) = encode_batch(tokenizer, [text])
-    assert enc.offsets.shape == (len(enc.input_ids), 2)
-    assert enc.offsets[0, 0] == 0 and enc.offsets[-1, 1] == len(text)
-    assert np.all(enc.offsets[1:, 0] >= enc.offsets[:-1, 0])
+    texts = ["<|user|>\n你好 world  \n\t🙂 code: x=1<|assistant|>", "", "plain"]
+    encoded = encode_batch(tokenizer, texts)
+    assert [e.input_ids.tolist() for e in encoded] == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    first = encoded[0]
+    tokens = [first.encoding.char_to_token(i) for i in range(len(texts[0]))]
+    assert tokens[0] == 0 and tokens[-1] == len(first.input_ids) - 1 and None not in tokens
+    assert tokens == sorted(tokens)
 
 
 def test_special_token_ids_include_added_special_tokens():

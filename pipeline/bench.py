@@ -1,0 +1,182 @@
+"""`make bench`: the pipeline's throughput against the tokenizer ceiling and the reference approaches, in one run.
+
+Generates a corpus of multi-turn conversations (Chinese and English, some with tools), then measures on the same
+texts: the whole preprocess stage (read, validate, render, tokenize, mask, write), the raw `tokenizer(texts)` batch
+call on the rendered texts (the ceiling), TRL's `apply_chat_template(return_assistant_tokens_mask=True)` path and
+GLM-4's per-message `process_batch` path, with the ratios between them and each run's peak memory.
+Uses the real tokenizers in ../shared/tokenizers when present, else the demo tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CHATSHARD_SHARED", REPO.parent / "shared"))
+
+_ZH = "数据预处理把对话渲染成文本再切分成词元训练模型需要准确的掩码和截断策略以及可复现的输出"
+_EN = ("the pipeline renders each conversation once tokenizes it in large batches and maps character spans to "
+       "token masks so that every trained token is exactly what the model will see at inference time").split()
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    if rng.random() < 0.5:
+        return "".join(rng.choice(_ZH) for _ in range(words * 2)) + "。"
+    return " ".join(rng.choice(_EN) for _ in range(words)).capitalize() + "."
+
+
+def generate_corpus(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Deterministic multi-turn GLM-4-style conversations, about 600 tokens each."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        messages = [{"role": "system", "content": _sentence(rng, 12)}]
+        for _ in range(rng.randint(2, 5)):
+            messages.append({"role": "user", "content": " ".join(_sentence(rng, rng.randint(8, 30)) for _ in range(2))})
+            messages.append({"role": "assistant", "content": "\n".join(_sentence(rng, rng.randint(10, 40)) for _ in range(rng.randint(1, 4)))})
+        rows.append({"messages": messages})
+    return rows
+
+
+def _in_fresh_process(function: Callable[[], tuple[int, float]]) -> tuple[int, float, float]:
+    """Run a step in a fresh process: its tokens, the seconds of its measured part, and its peak RSS in MiB."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_with_peak, args=(function, send))  # not a Pool: the step may start workers
+    process.start()
+    result = receive.recv()
+    process.join()
+    return result
+
+
+def _with_peak(function: Callable[[], tuple[int, float]], send) -> None:
+    tokens, seconds = function()
+    send.send((tokens, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+class _Job:
+    """A picklable benchmark step (spawned processes need module-level callables)."""
+
+    def __init__(self, kind: str, **kwargs: Any):
+        self.kind, self.kwargs = kind, kwargs
+
+    def __call__(self) -> Any:
+        return getattr(self, f"_{self.kind}")(**self.kwargs)
+
+    @staticmethod
+    def _pipeline(data: str, tokenizer: str, out: str, workers: int) -> int:
+        from pipeline.run import preprocess
+        from schemas.config import load_config
+
+        config = load_config(None, {"inputs": [data], "render.tokenizer": tokenizer, "truncation.max_length": 1_000_000,
+                                    "output.workers": workers})
+        start = time.perf_counter()
+        manifest = preprocess(config, Path(out))
+        return sum(s["tokens"] for s in manifest["splits"].values()), time.perf_counter() - start
+
+    @staticmethod
+    def _ceiling(texts_file: str, tokenizer: str) -> int:
+        from transformers import AutoTokenizer
+
+        texts = json.loads(Path(texts_file).read_text())
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        start = time.perf_counter()
+        total = 0
+        for k in range(0, len(texts), 1000):
+            total += sum(len(ids) for ids in tok(texts[k : k + 1000], add_special_tokens=False)["input_ids"])
+        return total, time.perf_counter() - start
+
+    @staticmethod
+    def _trl(data: str, tokenizer: str, template: str) -> int:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        start, total = time.perf_counter(), 0
+        for line in Path(data).read_text().splitlines():
+            out = tok.apply_chat_template(json.loads(line)["messages"], chat_template=template, tokenize=True,
+                                          return_dict=True, return_assistant_tokens_mask=True)
+            total += len(out["input_ids"])
+        return total, time.perf_counter() - start
+
+    @staticmethod
+    def _glm4(data: str, tokenizer: str) -> int:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        start, total = time.perf_counter(), 0
+        for line in Path(data).read_text().splitlines():
+            ids, mask = [151331, 151333], [False, False]
+            for message in json.loads(line)["messages"]:
+                new = tok.apply_chat_template([message], tokenize=True, return_dict=False)[2:]
+                ids += new
+                mask += [message["role"] not in ("system", "user", "observation")] * len(new)
+            ids.append(tok.eos_token_id)
+            total += len(ids)
+        return total, time.perf_counter() - start
+
+
+def _render_texts(rows: list[dict], tokenizer_dir: str) -> list[str]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+
+
+def _line(name: str, tokens: int, seconds: float, peak: float, baseline: float | None) -> str:
+    rate = tokens / seconds
+    ratio = f"{rate / baseline:5.2f}x" if baseline else "  -  "
+    return f"| {name:<44} | {tokens:>11,} | {seconds:7.2f} | {rate:>11,.0f} | {ratio:>7} | {peak:8.0f} |"
+
+
+@click.command()
+@click.option("--conversations", default=20_000, show_default=True, help="Generated conversations.")
+@click.option("--reference-sample", default=2_000, show_default=True, help="Conversations for the slow reference paths.")
+@click.option("--workers", default=2, show_default=True, help="Rendering processes for the pipeline.")
+def main(conversations: int, reference_sample: int, workers: int) -> None:
+    """Benchmark preprocess against the tokenizer ceiling, TRL's and GLM-4's paths (tokens/s, ratios, peak RSS)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    families = [(n, SHARED / "tokenizers" / n) for n in ("qwen2.5", "glm4") if (SHARED / "tokenizers" / n).exists()]
+    if not families:
+        families = [("demo", REPO / "data" / "tokenizer")]
+    rows = generate_corpus(conversations)
+    with tempfile.TemporaryDirectory() as tmp:
+        data, sample = Path(tmp, "corpus.jsonl"), Path(tmp, "sample.jsonl")
+        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        sample.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:reference_sample]))
+        click.echo(f"{conversations:,} generated conversations; reference paths on the first {reference_sample:,}; "
+                   f"{os.cpu_count()} cores")
+        for name, tokenizer_dir in families:
+            texts_file = Path(tmp, f"{name}.texts.json")
+            texts_file.write_text(json.dumps(_render_texts(rows, str(tokenizer_dir))))
+            ceiling_tokens, ceiling_s, ceiling_peak = _in_fresh_process(_Job("ceiling", texts_file=str(texts_file), tokenizer=str(tokenizer_dir)))
+            ceiling = ceiling_tokens / ceiling_s
+            click.echo(f"\n### {name} ({tokenizer_dir})\n")
+            click.echo("| path | tokens | seconds | tokens/s | vs ceiling | peak MiB |")
+            click.echo("|---|---:|---:|---:|---:|---:|")
+            click.echo(_line("HF tokenizer(texts) on rendered texts (ceiling)", ceiling_tokens, ceiling_s, ceiling_peak, ceiling))
+            for w in sorted({1, workers}):
+                out = Path(tmp, f"{name}-{w}")
+                tokens, seconds, peak = _in_fresh_process(_Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(out), workers=w))
+                click.echo(_line(f"chatshard preprocess, {w} worker(s), end to end", tokens, seconds, peak, ceiling))
+            if name == "qwen2.5":
+                import trl
+
+                template = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja").read_text()
+                tokens, seconds, peak = _in_fresh_process(_Job("trl", data=str(sample), tokenizer=str(tokenizer_dir), template=template))
+                click.echo(_line("TRL return_assistant_tokens_mask (per conv.)", tokens, seconds, peak, ceiling))
+            if name == "glm4":
+                tokens, seconds, peak = _in_fresh_process(_Job("glm4", data=str(sample), tokenizer=str(tokenizer_dir)))
+                click.echo(_line("GLM-4 process_batch, per message", tokens, seconds, peak, ceiling))
+
+
+if __name__ == "__main__":
+    main()
