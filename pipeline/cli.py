@@ -1,6 +1,8 @@
 """The command line: parse options, load a config model, call one library function, map errors to exit codes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from pipeline import __version__
@@ -20,101 +22,20 @@ def main() -> None:
     """
 
 
-# --- commands are registered below, one block each --------------------------------------------------------------
+class _Unreadable(click.ClickException):
+    """An input, output directory or config that cannot be used at all: exit 2, like a usage error."""
+
+    exit_code = 2
 
 
-# --- train ---------------------------------------------------------------------------------------------------------
-_TRAIN_EXAMPLES = """Train a causal LM on the shards written by `preprocess` (reads only the shards: no tokenizer, no
-template). Flags override the YAML config; every flag has a config key of the same name with '_' for '-'.
+def _csv_map_option(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
+    from pipeline.errors import ConfigError
+    from pipeline.ingest import parse_csv_map
 
-\b
-Examples:
-  python -m pipeline train --data out/shards --out out/run                  # tiny random model, CPU is fine
-  python -m pipeline train --config data/train.yaml --data out/shards --out out/run
-  python -m pipeline train --data out/shards --out out/run --resume         # continue from the newest checkpoint
-  python -m pipeline train --data out/shards --out out/run --model ./my-model --lora --lora-r 16
-  python -m pipeline train --data out/shards --out out/run --packing --batch-tokens 8192 --grad-accum 4
-  torchrun --standalone --nproc_per_node 2 -m pipeline train --data out/shards --out out/run
-"""
-
-
-def _flag(name: str, type_=None, help_: str = "", **kw):
-    """An option whose default is None, so only flags actually given override the config file."""
-    return click.option(name, type=type_, default=None, help=help_, **kw)
-
-
-@main.command("train", help=_TRAIN_EXAMPLES)
-@_flag("--config", click.Path(dir_okay=False, path_type=str), "YAML config (keys as in schemas/train_config.py).")
-@_flag("--data", click.Path(path_type=str), "Shard directory written by `preprocess`.")
-@_flag("--out", click.Path(path_type=str), "Run directory (metrics.jsonl, loss.png, checkpoints/, final/).")
-@_flag("--model", str, "'tiny' (random init, sized to the shards) or a local pretrained model directory.")
-@_flag("--tiny-arch", click.Choice(["llama", "qwen2"]), "Tiny model architecture.")
-@_flag("--tiny-layers", int, "Tiny model layers.")
-@_flag("--tiny-hidden", int, "Tiny model width.")
-@_flag("--tiny-heads", int, "Tiny model attention heads.")
-@_flag("--resume/--no-resume", help_="Continue from the newest checkpoint in --out.")
-@_flag("--batch-size", int, "Sequences (packed rows when packing) per micro-batch, per rank.")
-@_flag("--batch-tokens", int, "Or: at most this many (padded) tokens per micro-batch.")
-@_flag("--grad-accum", int, "Micro-batches per optimizer step, per rank.")
-@_flag("--packing/--no-packing", help_="Pack samples into rows (no attention across samples).")
-@_flag("--pack-length", int, "Packed row length (default: the longest sample).")
-@_flag("--lr", float, "Peak learning rate.")
-@_flag("--min-lr", float, "Cosine floor.")
-@_flag("--schedule", click.Choice(["cosine", "constant"]), "LR schedule after warmup.")
-@_flag("--warmup-steps", int, "Linear warmup steps.")
-@_flag("--weight-decay", float, "AdamW weight decay (matrices only).")
-@_flag("--grad-clip", float, "Max gradient norm (0: no clipping).")
-@_flag("--max-steps", int, "Optimizer steps (or use --epochs).")
-@_flag("--epochs", float, "Passes over the train split.")
-@_flag("--eval-interval", int, "Steps between eval-loss runs (0: at the end only).")
-@_flag("--eval-batches", int, "Cap on eval micro-batches per evaluation.")
-@_flag("--save-interval", int, "Steps between checkpoints (0: at the end only).")
-@_flag("--keep-checkpoints", int, "How many of the newest checkpoints to keep.")
-@_flag("--log-interval", int, "Steps between metrics.jsonl lines.")
-@_flag("--seed", int, "Seed for the model init and the data order.")
-@_flag("--precision", click.Choice(["bf16", "fp32"]), "bf16 autocast on CUDA; CPU always computes in fp32.")
-@_flag("--device", click.Choice(["auto", "cpu", "cuda"]), "Where to train.")
-@_flag("--gradient-checkpointing/--no-gradient-checkpointing", help_="Recompute activations in backward.")
-@_flag("--lora/--no-lora", help_="Train LoRA adapters (peft) instead of all weights.")
-@_flag("--lora-r", int, "LoRA rank.")
-@_flag("--lora-alpha", float, "LoRA alpha.")
-@_flag("--lora-dropout", float, "LoRA dropout.")
-@_flag("--lora-target-modules", str, "Comma-separated module names, e.g. q_proj,v_proj.")
-@_flag("--rank-log/--no-rank-log", help_="Write ranks/rank<R>.jsonl: sample ids per step and a weights digest.")
-def train_command(config: str | None, **flags) -> None:
-    from pipeline.errors import ConfigError, InputError, PipelineError
-    from schemas.train_config import load_train_config
-
-    if flags.get("lora_target_modules") is not None:
-        flags["lora_target_modules"] = [m.strip() for m in flags["lora_target_modules"].split(",") if m.strip()]
     try:
-        cfg = load_train_config(config, overrides=flags)
-        from pipeline.train.loop import train
-
-        result = train(cfg)
-    except (ConfigError, InputError) as e:  # bad options, missing or invalid shards: exit 2
-        raise click.UsageError(str(e)) from None
-    except PipelineError as e:
-        raise click.ClickException(str(e)) from None
-    if result is not None:
-        click.echo(result.summary())
-
-
-# --- build-demo-tokenizer ----------------------------------------------------------------------------------------
-from pathlib import Path  # noqa: E402  (kept inside this block: each command block is self-contained)
-
-
-@main.command("build-demo-tokenizer")
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default="data/corpus.txt",
-              show_default=True, help="Training text for the byte-level BPE.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/tokenizer", show_default=True,
-              help="Folder to write tokenizer.json and tokenizer_config.json to.")
-def build_demo_tokenizer_command(corpus: Path, out: Path) -> None:
-    """Train the demo tokenizer (byte-level BPE, GLM-4 special tokens and chat template). Deterministic."""
-    from pipeline.demo_tokenizer import build_demo_tokenizer
-
-    build_demo_tokenizer(corpus, out)
-    click.echo(f"wrote {out}/tokenizer.json and {out}/tokenizer_config.json")
+        return parse_csv_map(value) if value is not None else None
+    except ConfigError as e:
+        raise click.BadParameter("; ".join(e.problems)) from None
 
 
 # --- validate ------------------------------------------------------------------------------------------------------
@@ -133,23 +54,6 @@ Examples:
   python -m pipeline validate export.csv --csv-messages-column messages --encoding gb18030
   python -m pipeline validate train.json --format sharegpt --json | jq .reasons
 """
-
-
-from pathlib import Path  # noqa: E402  (each command block is self-contained)
-
-
-class _Unreadable(click.ClickException):
-    exit_code = 2
-
-
-def _csv_map_option(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
-    from pipeline.errors import ConfigError
-    from pipeline.ingest import parse_csv_map
-
-    try:
-        return parse_csv_map(value) if value is not None else None
-    except ConfigError as e:
-        raise click.BadParameter("; ".join(e.problems)) from None
 
 
 @main.command("validate", help=_VALIDATE_HELP)
@@ -373,3 +277,94 @@ def show_command(directory, index, row_id, split, ids, color) -> None:
     except PipelineError as e:
         raise click.UsageError(str(e)) from None
     click.echo(text, color=color)
+
+
+# --- train ---------------------------------------------------------------------------------------------------------
+_TRAIN_EXAMPLES = """Train a causal LM on the shards written by `preprocess` (reads only the shards: no tokenizer, no
+template). Flags override the YAML config; every flag has a config key of the same name with '_' for '-'.
+
+\b
+Examples:
+  python -m pipeline train --data out/shards --out out/run                  # tiny random model, CPU is fine
+  python -m pipeline train --config data/train.yaml --data out/shards --out out/run
+  python -m pipeline train --data out/shards --out out/run --resume         # continue from the newest checkpoint
+  python -m pipeline train --data out/shards --out out/run --model ./my-model --lora --lora-r 16
+  python -m pipeline train --data out/shards --out out/run --packing --batch-tokens 8192 --grad-accum 4
+  torchrun --standalone --nproc_per_node 2 -m pipeline train --data out/shards --out out/run
+"""
+
+
+def _flag(name: str, type_=None, help_: str = "", **kw):
+    """An option whose default is None, so only flags actually given override the config file."""
+    return click.option(name, type=type_, default=None, help=help_, **kw)
+
+
+@main.command("train", help=_TRAIN_EXAMPLES)
+@_flag("--config", click.Path(dir_okay=False, path_type=str), "YAML config (keys as in schemas/train_config.py).")
+@_flag("--data", click.Path(path_type=str), "Shard directory written by `preprocess`.")
+@_flag("--out", click.Path(path_type=str), "Run directory (metrics.jsonl, loss.png, checkpoints/, final/).")
+@_flag("--model", str, "'tiny' (random init, sized to the shards) or a local pretrained model directory.")
+@_flag("--tiny-arch", click.Choice(["llama", "qwen2"]), "Tiny model architecture.")
+@_flag("--tiny-layers", int, "Tiny model layers.")
+@_flag("--tiny-hidden", int, "Tiny model width.")
+@_flag("--tiny-heads", int, "Tiny model attention heads.")
+@_flag("--resume/--no-resume", help_="Continue from the newest checkpoint in --out.")
+@_flag("--batch-size", int, "Sequences (packed rows when packing) per micro-batch, per rank.")
+@_flag("--batch-tokens", int, "Or: at most this many (padded) tokens per micro-batch.")
+@_flag("--grad-accum", int, "Micro-batches per optimizer step, per rank.")
+@_flag("--packing/--no-packing", help_="Pack samples into rows (no attention across samples).")
+@_flag("--pack-length", int, "Packed row length (default: the longest sample).")
+@_flag("--lr", float, "Peak learning rate.")
+@_flag("--min-lr", float, "Cosine floor.")
+@_flag("--schedule", click.Choice(["cosine", "constant"]), "LR schedule after warmup.")
+@_flag("--warmup-steps", int, "Linear warmup steps.")
+@_flag("--weight-decay", float, "AdamW weight decay (matrices only).")
+@_flag("--grad-clip", float, "Max gradient norm (0: no clipping).")
+@_flag("--max-steps", int, "Optimizer steps (or use --epochs).")
+@_flag("--epochs", float, "Passes over the train split.")
+@_flag("--eval-interval", int, "Steps between eval-loss runs (0: at the end only).")
+@_flag("--eval-batches", int, "Cap on eval micro-batches per evaluation.")
+@_flag("--save-interval", int, "Steps between checkpoints (0: at the end only).")
+@_flag("--keep-checkpoints", int, "How many of the newest checkpoints to keep.")
+@_flag("--log-interval", int, "Steps between metrics.jsonl lines.")
+@_flag("--seed", int, "Seed for the model init and the data order.")
+@_flag("--precision", click.Choice(["bf16", "fp32"]), "bf16 autocast on CUDA; CPU always computes in fp32.")
+@_flag("--device", click.Choice(["auto", "cpu", "cuda"]), "Where to train.")
+@_flag("--gradient-checkpointing/--no-gradient-checkpointing", help_="Recompute activations in backward.")
+@_flag("--lora/--no-lora", help_="Train LoRA adapters (peft) instead of all weights.")
+@_flag("--lora-r", int, "LoRA rank.")
+@_flag("--lora-alpha", float, "LoRA alpha.")
+@_flag("--lora-dropout", float, "LoRA dropout.")
+@_flag("--lora-target-modules", str, "Comma-separated module names, e.g. q_proj,v_proj.")
+@_flag("--rank-log/--no-rank-log", help_="Write ranks/rank<R>.jsonl: sample ids per step and a weights digest.")
+def train_command(config: str | None, **flags) -> None:
+    from pipeline.errors import ConfigError, InputError, PipelineError
+    from schemas.train_config import load_train_config
+
+    if flags.get("lora_target_modules") is not None:
+        flags["lora_target_modules"] = [m.strip() for m in flags["lora_target_modules"].split(",") if m.strip()]
+    try:
+        cfg = load_train_config(config, overrides=flags)
+        from pipeline.train.loop import train
+
+        result = train(cfg)
+    except (ConfigError, InputError) as e:  # bad options, missing or invalid shards: exit 2
+        raise click.UsageError(str(e)) from None
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from None
+    if result is not None:
+        click.echo(result.summary())
+
+
+# --- build-demo-tokenizer ----------------------------------------------------------------------------------------
+@main.command("build-demo-tokenizer")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default="data/corpus.txt",
+              show_default=True, help="Training text for the byte-level BPE.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/tokenizer", show_default=True,
+              help="Folder to write tokenizer.json and tokenizer_config.json to.")
+def build_demo_tokenizer_command(corpus: Path, out: Path) -> None:
+    """Train the demo tokenizer (byte-level BPE, GLM-4 special tokens and chat template). Deterministic."""
+    from pipeline.demo_tokenizer import build_demo_tokenizer
+
+    build_demo_tokenizer(corpus, out)
+    click.echo(f"wrote {out}/tokenizer.json and {out}/tokenizer_config.json")

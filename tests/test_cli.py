@@ -1,0 +1,83 @@
+"""The preprocess command and its config: exit codes, messages, flags over YAML (CliRunner, in process)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.errors import ConfigError
+from schemas.config import load_config
+from tests.conftest import DEMO_TOKENIZER, REPO
+
+
+@pytest.fixture
+def chats(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"q{k}"}, {"role": "assistant", "content": f"a{k}"}]} for k in range(5)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    return path
+
+
+def test_preprocess_writes_shards_and_prints_the_accounting(tmp_path, chats):
+    result = CliRunner().invoke(main, ["preprocess", str(chats), "--tokenizer", str(DEMO_TOKENIZER),
+                                       "--out", str(tmp_path / "out"), "--max-length", "64"])
+    assert result.exit_code == 0, result.output
+    assert "read 6  written 5  rejected 1  filtered 0" in result.output
+    assert "rejected: invalid_json: 1" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["truncation"]["max_length"] == 64
+
+
+def test_flags_override_the_config_file(tmp_path, chats):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"inputs: [{chats}]\nrender:\n  tokenizer: {DEMO_TOKENIZER}\nmask:\n  last_turn_only: true\n"
+                      "truncation:\n  max_length: 100\n")
+    result = CliRunner().invoke(main, ["preprocess", "--config", str(config), "--out", str(tmp_path / "out"),
+                                       "--max-length", "50", "--roles-to-train", "assistant,user"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["truncation"]["max_length"] == 50
+    assert manifest["config"]["mask"]["roles_to_train"] == ["assistant", "user"]
+    assert manifest["config"]["mask"]["last_turn_only"] is True
+
+
+def test_config_problems_are_all_listed_and_exit_2(tmp_path, chats):
+    config = tmp_path / "bad.yaml"
+    config.write_text("mask:\n  preset: glm5\n  train_on_everything: true\ntruncation:\n  max_length: many\n")
+    result = CliRunner().invoke(main, ["preprocess", str(chats), "--config", str(config), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    for expected in ("mask.preset", "mask.train_on_everything", "truncation.max_length"):
+        assert expected in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_missing_input_and_bad_tokenizer_are_clear_errors(tmp_path, chats):
+    missing = CliRunner().invoke(main, ["preprocess", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "nope.jsonl" in missing.output
+    bad_tok = CliRunner().invoke(main, ["preprocess", str(chats), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert bad_tok.exit_code == 1 and "cannot load tokenizer" in bad_tok.output
+    assert "Traceback" not in missing.output + bad_tok.output
+
+
+def test_bad_combinations_name_both_fields():
+    with pytest.raises(ConfigError, match="max_input_length and truncation.max_output_length"):
+        load_config(None, {"truncation.max_input_length": 10})
+    with pytest.raises(ConfigError, match="response_template"):
+        load_config(None, {"mask.preset": "trl_completion_only"})
+    with pytest.raises(ConfigError, match="truncation.strategy must be cut_tail"):
+        load_config(None, {"mask.preset": "glm4", "truncation.strategy": "drop"})
+
+
+def test_the_shipped_default_config_is_valid():
+    config = load_config(REPO / "data" / "preprocess.yaml", {})
+    assert config.inputs == ("data/samples/",) and config.output.eval_split > 0
+
+
+def test_every_command_has_help_with_examples():
+    for command in ("validate", "preprocess", "check", "show", "train", "build-demo-tokenizer"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0, command
+    assert "Examples:" in CliRunner().invoke(main, ["preprocess", "--help"]).output
