@@ -72,11 +72,9 @@ def test_tool_call_turn_is_trained_from_its_name_through_end_of_turn():
     assert runs[1] == "Yes: -3 °C and clear skies in Beijing.<|im_end|>"
 
 
-@pytest.mark.parametrize("conv", ALL, ids=lambda c: c.id)
+@pytest.mark.parametrize("conv", [c for c in ALL if not c.tools], ids=lambda c: c.id)  # Llama 3.0: no tool calls
 def test_llama3_default_mask_equals_trl_training_template(conv):
     tokenizer = real_tokenizer("llama3")
-    if conv.tools:
-        pytest.skip("Llama 3.0's template has no tool calls")
     ours_ids, ours = labels_for(tokenizer, conv)
     reference = tokenizer.apply_chat_template(
         hf_messages(conv), chat_template=_trl_template("llama3_training.jinja"), tokenize=True,
