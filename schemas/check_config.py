@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.loading import read_yaml_mapping, validate_model
 
 CheckName = Literal[
     "accounting",
@@ -46,19 +47,6 @@ class CheckConfig(BaseModel):
 
 def load_check_config(path: Path | None) -> CheckConfig:
     """Read a thresholds YAML file; report every problem in it at once."""
-    from pipeline.errors import ConfigError
-
     if path is None:
         return CheckConfig()
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{path}: {exc}"]) from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of threshold names to values"])
-    try:
-        return CheckConfig.model_validate(data or {})
-    except ValidationError as exc:
-        raise ConfigError(
-            [f"{path}: {'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
-        ) from None
+    return validate_model(CheckConfig, read_yaml_mapping(path), source=path)

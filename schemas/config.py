@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.loading import read_yaml_mapping, validate_model
 from schemas.sources import SourceConfig
 
 Preset = Literal["default", "glm4", "trl_completion_only", "rasbt"]
@@ -125,27 +125,11 @@ class PreprocessConfig(_Frozen):
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> PreprocessConfig:
     """Read a YAML config, apply dotted-key overrides (`mask.preset`), validate, and report every problem at once."""
-    from pipeline.errors import ConfigError
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError([f"{path}: {exc}"]) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
-        data = loaded or {}
+    data = read_yaml_mapping(path) if path is not None else {}
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    try:
-        return PreprocessConfig.model_validate(data)
-    except ValidationError as exc:
-        where = f"{path}: " if path else ""
-        raise ConfigError(
-            [f"{where}{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
-        ) from None
+    return validate_model(PreprocessConfig, data, source=path)

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.errors import ConfigError
+from schemas.loading import read_yaml_mapping, validate_model
 
 # Options that decide the model, the data order or what one optimizer step contains. A resumed run must use the
 # checkpoint's values for these (the loop refuses a mismatch, naming each field).
@@ -117,31 +116,6 @@ def load_train_config(path: Path | None = None, *, overrides: dict[str, Any] | N
 
     Raises `ConfigError` listing every problem: unreadable file, unknown keys, wrong types, bad combinations.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError([f"{path}: cannot read the config file: {e}"]) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError([f"{path}: the config file must be a mapping of keys to values"])
-        raw.update(loaded or {})
+    raw = read_yaml_mapping(Path(path)) if path is not None else {}
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return TrainConfig.model_validate(raw).effective
-    except ValidationError as e:
-        raise ConfigError(_problems(e, source=str(path) if path else None)) from None
-
-
-def _problems(error: ValidationError, *, source: str | None) -> list[str]:
-    problems = []
-    for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key" + (f" (in {source})" if source else "")
-        if loc:
-            problems.append(f"{loc}: {msg}")
-        else:
-            problems.extend(msg.splitlines())
-    return problems
+    return validate_model(TrainConfig, raw, source=path).effective
