@@ -121,6 +121,8 @@ _PRESET_CHOICE = click.Choice(["default", "glm4", "trl_completion_only", "rasbt"
 @click.option("--tokenizer", help="Local tokenizer directory (AutoTokenizer.from_pretrained). [default: data/tokenizer]")
 @click.option("--chat-template", help="Built-in template name (chatml, glm4, llama3, alpaca) or a .jinja file.")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer's own Python code.")
+@click.option("--encoder", type=click.Choice(["auto", "hf", "tiktoken"]),
+              help="Token encoder: tiktoken where it is proven identical to the tokenizer, else hf [default: auto].")
 @click.option("--allow-special-tokens", is_flag=True, default=None,
               help="Keep rows whose text contains special tokens (they are then tokenized as control tokens).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "glm", "openai", "sharegpt", "alpaca", "csv"]),
@@ -151,7 +153,7 @@ def preprocess_command(inputs, out, config_path, **options) -> None:
 
     keys = {
         "tokenizer": "render.tokenizer", "chat_template": "render.chat_template",
-        "trust_remote_code": "render.trust_remote_code", "allow_special_tokens": "render.allow_special_tokens_in_content",
+        "trust_remote_code": "render.trust_remote_code", "encoder": "render.encoder", "allow_special_tokens": "render.allow_special_tokens_in_content",
         "fmt": "source.format", "csv_map": "source.csv_map", "csv_messages_column": "source.csv_messages_column",
         "encoding": "source.encoding", "preset": "mask.preset", "roles_to_train": "mask.roles_to_train",
         "last_turn_only": "mask.last_turn_only", "train_on_prompt": "mask.train_on_prompt",

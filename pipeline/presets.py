@@ -10,7 +10,6 @@ import numpy as np
 
 from pipeline.mask import IGNORE_INDEX
 from pipeline.render import Renderer
-from pipeline.tokenize import encode_batch
 from schemas.records import Conversation
 
 GLM4_PREFIX = ("[gMASK]", "<sop>")
@@ -36,12 +35,13 @@ def _without_null_properties(tool: dict) -> dict:
     return {**tool, "function": {**function, "parameters": parameters}}
 
 
-def glm4_rows(renderer: Renderer, tokenizer, conversations: list[Conversation]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(input_ids, labels) per conversation as GLM-4's per-message process_batch builds them."""
+def glm4_rows(renderer: Renderer, tokenizer, encode, conversations: list[Conversation]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input_ids, labels) per conversation as GLM-4's per-message process_batch builds them; `encode` is the
+    run's encoder (texts -> Encoded)."""
     prefix = tokenizer.convert_tokens_to_ids(list(GLM4_PREFIX))
     per_conversation = [glm4_messages(renderer, c) for c in conversations]
     texts = [renderer.render_messages([m], None) for ms in per_conversation for m in ms]
-    encoded = iter(encode_batch(tokenizer, texts))
+    encoded = iter(encode(texts))
     rows = []
     for messages in per_conversation:
         ids, mask = list(prefix), [False, False]

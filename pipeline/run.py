@@ -40,8 +40,8 @@ from pipeline.stats import Stats
 from pipeline.tokenize import (
     chat_template_of,
     control_token_pattern,
-    encode_batch,
     load_tokenizer,
+    make_encoder,
     save_tokenizer,
     special_token_ids,
     tokenizer_summary,
@@ -72,6 +72,7 @@ class Processor:
         self.tokenizer = load_tokenizer(config.render)
         self.template = chat_template_of(self.tokenizer, config.render)
         self.special_ids = frozenset(special_token_ids(self.tokenizer).tolist())
+        self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder)
         self.control_tokens = control_token_pattern(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
         self.limit = config.truncation.limit(config.mask.preset)
@@ -152,7 +153,7 @@ class Processor:
                 outcome.raw = conversation.model_dump(mode="json", exclude_none=True)
         ok = [(c, r) for c, r in zip(conversations, rendered) if not isinstance(r, RowError)]
         result.rejects.extend(r for r in rendered if isinstance(r, RowError))
-        encoded = encode_batch(self.tokenizer, [r.text for _, r in ok])
+        encoded = self.encode([r.text for _, r in ok])
         if self.config.mask.preset == "glm4":
             self._glm4_batch(ok, encoded, result)
             return
@@ -191,14 +192,14 @@ class Processor:
             render = _render_or_error(self.renderer, current, self._checked_messages(current))
             if isinstance(render, RowError):
                 return None
-            (enc,) = encode_batch(self.tokenizer, [render.text])
+            (enc,) = self.encode([render.text])
             if len(enc.input_ids) <= self.limit:
                 return enc.input_ids, self._labels(current, render, enc)
             current = drop_oldest_turn(current)
         return None
 
     def _glm4_batch(self, ok: list[tuple[Conversation, Rendered]], encoded, result: ChunkResult) -> None:
-        rows = glm4_rows(self.renderer, self.tokenizer, [c for c, _ in ok])
+        rows = glm4_rows(self.renderer, self.tokenizer, self.encode, [c for c, _ in ok])
         for (conversation, _), enc, (ids, labels) in zip(ok, encoded, rows):
             if not np.array_equal(ids[:-1], enc.input_ids):
                 result.stats.notes["glm4_per_message_differs"] += 1
@@ -388,6 +389,7 @@ def _finalize(out, work, config, processor, inputs, summary, stats, shards) -> d
             "sha256": summary["chat_template_sha256"],
             "tool_role": processor.renderer.traits.tool_role,
         },
+        "encoder": {"name": processor.encode.name, "reason": processor.encoder_reason},
         "splits": splits,
         "accounting": stats.to_json(),
         "rejects_sha256": sha256_file(out / "rejects.jsonl"),

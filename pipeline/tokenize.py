@@ -88,6 +88,34 @@ def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
     return [Encoded(np.array(e.ids, dtype=np.int64), e) for e in encodings]
 
 
+class HFEncoder:
+    """The HF fast tokenizer's batch call: the reference every other encoder is proven against."""
+
+    name = "hf"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: list[str]) -> list[Encoded]:
+        return encode_batch(self.tokenizer, texts)
+
+
+def make_encoder(tokenizer, choice: str) -> tuple[Any, str]:
+    """The encoder for `choice` (auto | hf | tiktoken) and why it was chosen. `auto` takes tiktoken when the
+    tokenizer is byte-level BPE that tiktoken reproduces exactly on the probe set, else the HF tokenizer."""
+    from pipeline.tiktoken_encoder import NotExpressible, build
+
+    hf = HFEncoder(tokenizer)
+    if choice == "hf":
+        return hf, "requested"
+    try:
+        return build(tokenizer, hf), "byte-level BPE, identical to the HF tokenizer on every probe"
+    except NotExpressible as why:
+        if choice == "tiktoken":
+            raise PipelineError(f"--encoder tiktoken: this tokenizer cannot be encoded exactly by tiktoken: {why}") from None
+        return hf, f"tiktoken not used: {why}"
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the tokenizer's vocabulary, merges and added tokens (its backend JSON), independent of paths."""
     backend = tokenizer.backend_tokenizer.to_str()

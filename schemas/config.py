@@ -27,6 +27,9 @@ class RenderConfig(_Frozen):
     chat_template: str | None = Field(None, description="built-in name (chatml, glm4, llama3, alpaca) or a .jinja file")
     trust_remote_code: bool = False
     allow_special_tokens_in_content: bool = False
+    encoder: Literal["auto", "hf", "tiktoken"] = Field(
+        "auto", description="auto: tiktoken where it reproduces the tokenizer exactly (proven at start-up), else hf"
+    )
 
 
 class MaskConfig(_Frozen):

@@ -50,6 +50,11 @@ def test_every_written_corpus_sample_equals_apply_chat_template(tmp_path, name, 
         overrides["render.chat_template"] = "chatml"
         template = load_template("chatml")
     manifest = preprocess(load_config(None, overrides), tmp_path / "out")
+    hf_manifest = preprocess(load_config(None, {**overrides, "render.encoder": "hf"}), tmp_path / "hf")
+    assert manifest["encoder"]["name"] == ("hf" if name == "openhermes-mistral" else "tiktoken")
+    # Shards are the same bytes whichever encoder ran.
+    assert [s["sha256"] for s in manifest["splits"]["train"]["shards"]] == \
+        [s["sha256"] for s in hf_manifest["splits"]["train"]["shards"]]
     train = datasets.load_from_disk(str(tmp_path / "out"))["train"]
     assert len(train) >= 0.8 * len(conversations), manifest["accounting"]
     options = _reference_options(name)

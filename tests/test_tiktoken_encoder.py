@@ -1,0 +1,84 @@
+"""The tiktoken encoder: identical ids and span semantics to the HF tokenizer, or a refusal with the reason."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from pipeline.errors import PipelineError
+from pipeline.tiktoken_encoder import PROBES, NotExpressible, build, char_byte_starts
+from pipeline.tokenize import HFEncoder, make_encoder
+from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
+from tests.test_tokenize import sentencepiece_style
+
+TEXTS = PROBES + ["<|user|>\n你好 world  \n\t🙂<|assistant|>\n好的～🙂 e\u0301", ""]
+
+
+def _same_as_hf(tokenizer, texts):
+    hf = HFEncoder(tokenizer)
+    encoder = build(tokenizer, hf)
+    for text, ours, ref in zip(texts, encoder(texts), hf(texts)):
+        assert ours.input_ids.tolist() == ref.input_ids.tolist(), text[:30]
+        chars = [ours.encoding.char_to_token(i) for i in range(len(text))]
+        assert chars == [ref.encoding.char_to_token(i) for i in range(len(text))], text[:30]
+        starts = [ours.encoding.token_to_chars(t)[0] for t in range(len(ours.input_ids))]
+        assert starts == [ref.encoding.token_to_chars(t)[0] for t in range(len(ref.input_ids))], text[:30]
+
+
+def test_demo_tokenizer_ids_and_span_maps_equal_hf():
+    _same_as_hf(demo_tokenizer(), TEXTS)
+
+
+@pytest.mark.parametrize("name", [n for n in REAL_TOKENIZERS if n != "openhermes-mistral"])
+def test_real_byte_level_tokenizers_equal_hf(name):
+    tokenizer = real_tokenizer(name)
+    specials = [t.content for t in tokenizer.added_tokens_decoder.values()][:6]
+    _same_as_hf(tokenizer, TEXTS + ["".join(specials) + " text between " + specials[0]])
+
+
+def test_text_that_nfc_would_change_goes_to_the_hf_tokenizer():
+    tokenizer = real_tokenizer("qwen2.5")  # NFC normaliser
+    hf = HFEncoder(tokenizer)
+    encoder = build(tokenizer, hf)
+    text = "cafe\u0301 and re\u0301sume\u0301"
+    (ours,), (ref,) = encoder([text]), hf([text])
+    assert ours.input_ids.tolist() == ref.input_ids.tolist()
+    assert ours.encoding.__class__.__name__ == "Encoding"  # the HF encoding, offsets included
+
+
+def test_sentencepiece_is_not_expressible_and_auto_falls_back_saying_why():
+    encoder, reason = make_encoder(sentencepiece_style(), "auto")
+    assert encoder.name == "hf" and "not a byte-level BPE model" in reason
+    with pytest.raises(PipelineError, match="cannot be encoded exactly by tiktoken"):
+        make_encoder(sentencepiece_style(), "tiktoken")
+
+
+def test_a_normaliser_that_changes_text_is_refused():
+    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
+    spec["normalizer"] = {"type": "NFKC"}
+    from tokenizers import Tokenizer
+
+    changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    with pytest.raises(NotExpressible, match="NFKC"):
+        build(changed, HFEncoder(changed))
+
+
+def test_any_difference_on_the_probes_means_no_tiktoken():
+    tokenizer = demo_tokenizer()
+    hf = HFEncoder(tokenizer)
+
+    def slightly_off(texts):
+        encoded = hf(texts)
+        if len(encoded) > 3:  # the probe set, not the encoder's own NFC fallback
+            encoded[3].input_ids[0] += 1
+        return encoded
+
+    with pytest.raises(NotExpressible, match="ids differ"):
+        build(tokenizer, slightly_off)
+
+
+def test_char_byte_starts():
+    assert char_byte_starts("aé中🙂b").tolist() == [0, 1, 3, 6, 10]
+    assert char_byte_starts("").tolist() == []
