@@ -11,6 +11,7 @@ import itertools
 import json
 import multiprocessing
 import shutil
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,12 @@ from pipeline.shards import (
     MANIFEST_VERSION,
     Sample,
     ShardInfo,
+    ShardWriter,
     finalize_split,
     sha256_file,
     write_atomic,
     write_dataset_dict,
     write_manifest,
-    write_shard,
 )
 from pipeline.stats import Stats
 from pipeline.tokenize import (
@@ -55,9 +56,10 @@ SPLITS = ("train", "eval")
 
 @dataclass
 class ChunkResult:
-    """What one chunk of input rows produced."""
+    """What one chunk of input rows produced: samples go straight to the shard writers, the rest is kept here."""
 
-    samples: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    writers: dict[str, ShardWriter]
+    pending: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     rejects: list[RowError] = field(default_factory=list)
     dropped: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
@@ -95,22 +97,32 @@ class Processor:
             self._pool.terminate()
             self._pool = None
 
-    def process(self, items: list[Conversation | RowError]) -> ChunkResult:
-        result = ChunkResult()
-        result.stats.read = len(items)
-        conversations: list[Conversation] = []
-        for item in items:
-            problem = item if isinstance(item, RowError) else self._content_problem(item)
-            if problem is not None:
-                result.rejects.append(problem)
-            else:
-                conversations.append(item)
-        size = self.config.output.batch_size
-        batches = [conversations[start : start + size] for start in range(0, len(conversations), size)]
-        for batch, rendered in zip(batches, self._rendered_batches(batches)):
+    def process(self, items: Iterable[Conversation | RowError], writers: dict[str, ShardWriter]) -> ChunkResult:
+        """Stream one chunk of rows through render, tokenize, mask and truncate into `writers`, batch by batch:
+        memory holds a few batches, whatever the chunk or input size."""
+        result = ChunkResult(writers)
+        for batch, rendered in self._rendered_batches(self._admitted_batches(items, result)):
             self._process_batch(batch, rendered, result)
+            for split, samples in result.pending.items():
+                writers[split].write(samples)
+                samples.clear()
         result.stats.rejected.update(r.reason for r in result.rejects)
         return result
+
+    def _admitted_batches(self, items: Iterable[Conversation | RowError], result: ChunkResult) -> Iterator[list[Conversation]]:
+        """Batches of the rows that pass the content checks; every row is counted as read."""
+        iterator = iter(items)
+        while block := list(itertools.islice(iterator, self.config.output.batch_size)):
+            result.stats.read += len(block)
+            admitted = []
+            for item in block:
+                problem = item if isinstance(item, RowError) else self._content_problem(item)
+                if problem is not None:
+                    result.rejects.append(problem)
+                else:
+                    admitted.append(item)
+            if admitted:
+                yield admitted
 
     def _content_problem(self, conversation: Conversation) -> RowError | None:
         """Special tokens typed as text would be tokenized as control tokens; reserved characters break spans."""
@@ -138,14 +150,25 @@ class Processor:
             return frozenset()
         return frozenset(trained_messages(conversation, mask))
 
-    def _rendered_batches(self, batches: list[list[Conversation]]) -> Iterator[list[Rendered | RowError]]:
-        """Renderings batch by batch, in order. With workers, later batches render while this one is tokenized."""
-        jobs = ([(c, self._checked_messages(c)) for c in batch] for batch in batches)
-        if self._pool is not None:
-            yield from self._pool.imap(_render_batch_in_worker, jobs)
-        else:
-            for batch in jobs:
-                yield [_render_or_error(self.renderer, *job) for job in batch]
+    def _rendered_batches(
+        self, batches: Iterator[list[Conversation]]
+    ) -> Iterator[tuple[list[Conversation], list[Rendered | RowError]]]:
+        """(batch, renderings) in order. With workers, up to two batches per worker render ahead while this one is
+        tokenized; never more, so memory stays bounded."""
+        if self._pool is None:
+            for batch in batches:
+                yield batch, [_render_or_error(self.renderer, c, self._checked_messages(c)) for c in batch]
+            return
+        pending: deque = deque()
+        for batch in batches:
+            jobs = [(c, self._checked_messages(c)) for c in batch]
+            pending.append((batch, self._pool.apply_async(_render_batch_in_worker, (jobs,))))
+            if len(pending) > 2 * self.config.output.workers:
+                done, rendering = pending.popleft()
+                yield done, rendering.get()
+        while pending:
+            done, rendering = pending.popleft()
+            yield done, rendering.get()
 
     def _process_batch(self, conversations: list[Conversation], rendered: list[Rendered | RowError], result: ChunkResult) -> None:
         for conversation, outcome in zip(conversations, rendered):
@@ -223,7 +246,7 @@ class Processor:
         if cut.truncated:
             result.stats.notes["truncated"] += 1
         split = assign_split(conversation.id, self.config.output.eval_split, self.config.output.seed)
-        result.samples[split].append(Sample(cut.input_ids, cut.labels, conversation.id, conversation.source, conversation.row))
+        result.pending[split].append(Sample(cut.input_ids, cut.labels, conversation.id, conversation.source, conversation.row))
         result.stats.written += 1
 
 
@@ -274,10 +297,14 @@ def assign_split(sample_id: str, eval_fraction: float, seed: int) -> str:
     return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
+def _chunks(items: Iterable, size: int) -> Iterator[Iterator]:
+    """Lazy chunks of `size` items; each must be consumed before the next is taken."""
     iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+    while (first := next(iterator, _END)) is not _END:
+        yield itertools.chain([first], itertools.islice(iterator, size - 1))
+
+
+_END = object()
 
 
 def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
@@ -295,8 +322,11 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
             journal = work / f"chunk-{index:05d}.json"
             done = _load_finished_chunk(journal, work)
             if done is None:
-                done = _write_chunk(work, index, processor.process(chunk))
+                done = _write_chunk(work, index, processor, chunk)
                 write_atomic(journal, json.dumps(done, sort_keys=True).encode())
+            else:
+                for _ in chunk:  # already written: read past its rows
+                    pass
             stats += Stats.from_json(done["stats"])
             for split, info in done["shards"].items():
                 shards[split].append((work / info["file"], ShardInfo(**info)))
@@ -333,12 +363,10 @@ def _load_finished_chunk(journal: Path, work: Path) -> dict[str, Any] | None:
     return None
 
 
-def _write_chunk(work: Path, index: int, result: ChunkResult) -> dict[str, Any]:
-    shards = {}
-    for split, samples in result.samples.items():
-        if samples:
-            info = write_shard(work / f"chunk-{index:05d}.{split}.arrow", samples)
-            shards[split] = info.to_json()
+def _write_chunk(work: Path, index: int, processor: Processor, chunk: Iterable) -> dict[str, Any]:
+    writers = {split: ShardWriter(work / f"chunk-{index:05d}.{split}.arrow") for split in SPLITS}
+    result = processor.process(chunk, writers)
+    shards = {split: info.to_json() for split, writer in writers.items() if (info := writer.close()) is not None}
     rejects, warnings = work / f"chunk-{index:05d}.rejects.jsonl", work / f"chunk-{index:05d}.warnings.jsonl"
     write_atomic(rejects, _jsonl(result.rejects + result.dropped))
     write_atomic(warnings, _jsonl(result.warnings))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipeline.mask import IGNORE_INDEX
 
@@ -84,13 +85,57 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class ShardWriter:
+    """One shard file written as it fills: each batch of samples becomes Arrow record batches appended to a temp
+    file, so memory holds one batch, not one shard. `close` renames it into place and returns its manifest entry."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self._handle = None
+        self._writer = None
+        self.rows = self.tokens = self.trained_tokens = 0
+
+    def write(self, samples: list[Sample]) -> None:
+        if not samples:
+            return
+        if self._writer is None:
+            self._handle = open(self._tmp, "wb")
+            self._writer = pa.ipc.new_stream(self._handle, SCHEMA)
+        table = _table(samples)
+        self._writer.write_table(table, max_chunksize=1000)
+        self.rows += len(samples)
+        self.tokens += int(pa.compute.sum(table["length"]).as_py())
+        self.trained_tokens += sum(int(np.count_nonzero(s.labels != IGNORE_INDEX)) for s in samples)
+
+    def close(self) -> ShardInfo | None:
+        """Finish the file (None when nothing was written)."""
+        if self._writer is None:
+            return None
+        self._writer.close()
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self._tmp, self.path)
+        return ShardInfo(self.path.name, self.rows, self.tokens, self.trained_tokens, sha256_file(self.path))
+
+
 def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
-    """Write one shard file atomically and return its manifest entry."""
+    """Write one whole shard file atomically and return its manifest entry."""
+    writer = ShardWriter(path)
+    writer.write(samples)
+    info = writer.close()
+    if info is None:
+        raise ValueError(f"{path}: a shard needs at least one sample")
+    return info
+
+
+def _table(samples: list[Sample]) -> pa.Table:
     lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
     offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32), type=pa.int32())
-    flat_ids = np.concatenate([s.input_ids for s in samples]).astype(np.int32) if samples else np.zeros(0, np.int32)
-    flat_labels = np.concatenate([s.labels for s in samples]).astype(np.int32) if samples else np.zeros(0, np.int32)
-    table = pa.table(
+    flat_ids = np.concatenate([s.input_ids for s in samples]).astype(np.int32)
+    flat_labels = np.concatenate([s.labels for s in samples]).astype(np.int32)
+    return pa.table(
         {
             "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32())),
             "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, type=pa.int32())),
@@ -100,17 +145,6 @@ def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
             "row": pa.array([s.row for s in samples], type=pa.int64()),
         },
         schema=SCHEMA,
-    )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, SCHEMA) as writer:
-        writer.write_table(table, max_chunksize=1000)
-    write_atomic(path, sink.getvalue().to_pybytes())
-    return ShardInfo(
-        file=path.name,
-        rows=len(samples),
-        tokens=int(lengths.sum()),
-        trained_tokens=int(np.count_nonzero(flat_labels != IGNORE_INDEX)),
-        sha256=sha256_file(path),
     )
 
 

@@ -131,18 +131,23 @@ def test_same_bytes_for_any_number_of_workers(tmp_path):
 
 def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     data = _write(tmp_path / "chats.jsonl", [_chat(k, turns=1 + k % 3) for k in range(100)])
-    overrides = {"output.rows_per_shard": 25, "output.eval_split": 0.2}
+    overrides = {"output.rows_per_shard": 25, "output.eval_split": 0.2, "output.batch_size": 4}
     clean = tmp_path / "clean"
     preprocess(_config([data], **overrides), clean)
 
     crashed = tmp_path / "crashed"
     real_write, calls = run_module._write_chunk, []
 
-    def crash_on_third(work, index, result):
+    def crash_on_third(work, index, processor, chunk):
         calls.append(index)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as if killed while writing the third chunk
-        return real_write(work, index, result)
+        if len(calls) == 3:  # as if killed in the middle of the third chunk, its shard half written
+            def rows_then_interrupt(rows, after=10):
+                for k, row in enumerate(rows):
+                    if k == after:
+                        raise KeyboardInterrupt
+                    yield row
+            chunk = rows_then_interrupt(chunk)
+        return real_write(work, index, processor, chunk)
 
     monkeypatch.setattr(run_module, "_write_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -150,7 +155,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     assert not (crashed / "manifest.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(run_module, "_write_chunk", lambda w, i, r: (calls.append(i), real_write(w, i, r))[1])
+    monkeypatch.setattr(run_module, "_write_chunk", lambda w, i, p, c: (calls.append(i), real_write(w, i, p, c))[1])
     preprocess(_config([data], **overrides), crashed)
     assert calls == [2, 3]  # chunks 0 and 1 were taken from the journal
     for path in sorted(clean.rglob("*")):
