@@ -73,12 +73,13 @@ class _Job:
         return getattr(self, f"_{self.kind}")(**self.kwargs)
 
     @staticmethod
-    def _pipeline(data: str, tokenizer: str, out: str, workers: int) -> int:
+    def _pipeline(data: str, tokenizer: str, out: str, workers: int, encoder: str, rows_per_shard: int = 20_000) -> int:
         from pipeline.run import preprocess
         from schemas.config import load_config
 
         config = load_config(None, {"inputs": [data], "render.tokenizer": tokenizer, "truncation.max_length": 1_000_000,
-                                    "output.workers": workers})
+                                    "output.workers": workers, "render.encoder": encoder,
+                                    "output.rows_per_shard": rows_per_shard})
         start = time.perf_counter()
         manifest = preprocess(config, Path(out))
         return sum(s["tokens"] for s in manifest["splits"].values()), time.perf_counter() - start
@@ -163,10 +164,11 @@ def main(conversations: int, reference_sample: int, workers: int) -> None:
             click.echo("| path | tokens | seconds | tokens/s | vs ceiling | peak MiB |")
             click.echo("|---|---:|---:|---:|---:|---:|")
             click.echo(_line("HF tokenizer(texts) on rendered texts (ceiling)", ceiling_tokens, ceiling_s, ceiling_peak, ceiling))
-            for w in sorted({1, workers}):
-                out = Path(tmp, f"{name}-{w}")
-                tokens, seconds, peak = _in_fresh_process(_Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(out), workers=w))
-                click.echo(_line(f"chatshard preprocess, {w} worker(s), end to end", tokens, seconds, peak, ceiling))
+            for encoder, w in [("hf", 1), ("tiktoken", 1), ("tiktoken", workers)][: 3 if workers > 1 else 2]:
+                out = Path(tmp, f"{name}-{encoder}-{w}")
+                job = _Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(out), workers=w, encoder=encoder)
+                tokens, seconds, peak = _in_fresh_process(job)
+                click.echo(_line(f"chatshard preprocess, {encoder}, {w} worker(s)", tokens, seconds, peak, ceiling))
             if name == "qwen2.5":
                 import trl
 
@@ -176,6 +178,24 @@ def main(conversations: int, reference_sample: int, workers: int) -> None:
             if name == "glm4":
                 tokens, seconds, peak = _in_fresh_process(_Job("glm4", data=str(sample), tokenizer=str(tokenizer_dir)))
                 click.echo(_line("GLM-4 process_batch, per message", tokens, seconds, peak, ceiling))
+        _memory(rows, families[0][1], Path(tmp))
+
+
+def _memory(rows: list[dict], tokenizer_dir: Path, tmp: Path) -> None:
+    """Peak RSS of the pipeline on 1x and 10x the input with the same shard size: memory must stay flat."""
+    small = tmp / "small.jsonl"
+    small.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[: len(rows) // 10]))
+    click.echo(f"\n### memory ({tokenizer_dir.name}, tiktoken, 1 worker, rows_per_shard 2,000)\n")
+    click.echo("| input | conversations | tokens | seconds | peak MiB |")
+    click.echo("|---|---:|---:|---:|---:|")
+    peaks = []
+    for label, data, count in (("1x", small, len(rows) // 10), ("10x", tmp / "corpus.jsonl", len(rows))):
+        job = _Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(tmp / f"mem-{label}"), workers=1,
+                   encoder="auto", rows_per_shard=2_000)
+        tokens, seconds, peak = _in_fresh_process(job)
+        peaks.append(peak)
+        click.echo(f"| {label} | {count:,} | {tokens:,} | {seconds:.2f} | {peak:.0f} |")
+    click.echo(f"\npeak RSS 10x / 1x: {peaks[1] / peaks[0]:.2f}")
 
 
 if __name__ == "__main__":

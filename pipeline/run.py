@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError, RowError
 from pipeline.ingest import detect_format, read_conversations, resolve_inputs
 from pipeline.mask import message_regions, token_labels, trained_messages
 from pipeline.presets import glm4_rows, trl_completion_labels
+from pipeline.progress import progress
 from pipeline.render import Rendered, Renderer, contains_reserved_characters, renderer_args
 from pipeline.shards import (
     MANIFEST,
@@ -317,7 +318,7 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
         work = _prepare_work_dir(out, run_key)
         stats = Stats()
         shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
-        conversations = read_conversations(paths, config.source)
+        conversations = progress(read_conversations(paths, config.source), desc="preprocess")
         for index, chunk in enumerate(_chunks(conversations, config.output.rows_per_shard)):
             journal = work / f"chunk-{index:05d}.json"
             done = _load_finished_chunk(journal, work)
