@@ -57,9 +57,8 @@ SPLITS = ("train", "eval")
 
 @dataclass
 class ChunkResult:
-    """What one chunk of input rows produced: samples go straight to the shard writers, the rest is kept here."""
+    """What one chunk of input rows produced. Samples wait in `pending` only until their batch is written."""
 
-    writers: dict[str, ShardWriter]
     pending: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     rejects: list[RowError] = field(default_factory=list)
     dropped: list[RowError] = field(default_factory=list)
@@ -101,7 +100,7 @@ class Processor:
     def process(self, items: Iterable[Conversation | RowError], writers: dict[str, ShardWriter]) -> ChunkResult:
         """Stream one chunk of rows through render, tokenize, mask and truncate into `writers`, batch by batch:
         memory holds a few batches, whatever the chunk or input size."""
-        result = ChunkResult(writers)
+        result = ChunkResult()
         for batch, rendered in self._rendered_batches(self._admitted_batches(items, result)):
             self._process_batch(batch, rendered, result)
             for split, samples in result.pending.items():

@@ -47,5 +47,4 @@ def drop_oldest_turn(conversation: Conversation) -> Conversation | None:
     nxt = next((i for i in range(first + 1, len(messages)) if messages[i].role == "user"), None)
     if nxt is None:
         return None
-    kept = tuple(m for i, m in enumerate(messages) if i < first and m.role == "system") + messages[nxt:]
-    return conversation.model_copy(update={"messages": kept})
+    return conversation.model_copy(update={"messages": messages[:first] + messages[nxt:]})
