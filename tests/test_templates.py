@@ -114,16 +114,6 @@ GLM_CONVERSATIONS = {
 }
 
 
-@pytest.mark.parametrize("generation", [False, True])
-@pytest.mark.parametrize("case", sorted(GLM_CONVERSATIONS))
-def test_glm4_matches_glm4_9b_chat(case, generation):
-    tok = real_tokenizer("glm4")
-    messages = GLM_CONVERSATIONS[case]
-    ours = render(tok, messages, template=load_template("glm4"), generation=generation)
-    assert ours == render(tok, messages, generation=generation)
-    assert ours.startswith("[gMASK]<sop>")
-
-
 def test_glm4_writes_tool_calls_and_tool_results_the_glm4_way():
     """`tool_calls` and role `tool` (which the original ignores or names literally) render as the original renders
     GLM-4's own form: metadata = function name, content = JSON arguments, role `observation`."""
@@ -208,15 +198,6 @@ def test_chatml_matches_qwen25_when_there_is_a_system_message(case, generation, 
     assert ours == render(tok, messages, tools=tools, generation=generation)
 
 
-@pytest.mark.parametrize("generation", [False, True])
-@pytest.mark.parametrize("case", sorted(PLAIN_CONVERSATIONS))
-def test_chatml_matches_openhermes_for_plain_conversations(case, generation):
-    tok = real_tokenizer("openhermes-mistral")
-    messages = PLAIN_CONVERSATIONS[case]
-    ours = render(tok, messages, template=load_template("chatml"), generation=generation)
-    assert ours == render(tok, messages, generation=generation)
-
-
 def test_chatml_without_system_adds_no_default_prompt():
     tok = demo_tokenizer()
     text = render(tok, PLAIN, template=load_template("chatml"), tools=[WEATHER])
@@ -230,14 +211,26 @@ def test_chatml_without_system_adds_no_default_prompt():
 # --- llama3 ----------------------------------------------------------------------------------------------------
 
 
+# --- each built-in against the model template it is named after ------------------------------------------------
+
+OWN_TEMPLATE_CASES = [
+    ("glm4", "glm4", GLM_CONVERSATIONS, "[gMASK]<sop>"),
+    ("chatml", "openhermes-mistral", PLAIN_CONVERSATIONS, "<|im_start|>"),
+    ("llama3", "llama3", PLAIN_CONVERSATIONS, "<|begin_of_text|><|start_header_id|>"),
+]
+
+
 @pytest.mark.parametrize("generation", [False, True])
-@pytest.mark.parametrize("case", sorted(PLAIN_CONVERSATIONS))
-def test_llama3_matches_llama3_instruct(case, generation):
-    tok = real_tokenizer("llama3")
-    messages = PLAIN_CONVERSATIONS[case]
-    ours = render(tok, messages, template=load_template("llama3"), generation=generation)
-    assert ours == render(tok, messages, generation=generation)
-    assert ours.startswith("<|begin_of_text|><|start_header_id|>")
+@pytest.mark.parametrize(
+    "template, tokenizer, case",
+    [(t, tok, case) for t, tok, cases, _ in OWN_TEMPLATE_CASES for case in sorted(cases)],
+)
+def test_builtin_matches_the_models_own_template(template, tokenizer, case, generation):
+    _, _, cases, prefix = next(c for c in OWN_TEMPLATE_CASES if c[0] == template)
+    tok = real_tokenizer(tokenizer)
+    ours = render(tok, cases[case], template=load_template(template), generation=generation)
+    assert ours == render(tok, cases[case], generation=generation)
+    assert ours.startswith(prefix)
 
 
 # --- alpaca ----------------------------------------------------------------------------------------------------
