@@ -242,7 +242,7 @@ def _chat_messages(messages: list[ChatMessage], field: str) -> tuple[list[Messag
             raise Reject("invalid_tool_call", f"{at}.tool_calls", f"tool calls on a {m.role} message")
         out.append(Message(
             role=role, content=text, reasoning_content=m.reasoning_content if m.reasoning_content is not None else reasoning,
-            tool_calls=tuple(calls) or None, name=m.name, loss=loss,
+            tool_calls=tuple(calls) or None, name=m.name, tool_call_id=m.tool_call_id, loss=loss,
         ))
     return out, tools, had_tools
 

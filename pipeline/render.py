@@ -185,6 +185,8 @@ class Renderer:
             ]
         if message.name:
             out["name"] = message.name
+        if message.tool_call_id:
+            out["tool_call_id"] = message.tool_call_id
         return out
 
 

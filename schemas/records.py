@@ -24,7 +24,8 @@ class ToolCall(BaseModel):
 
 
 class Message(BaseModel):
-    """One turn. `loss` overrides the role policy for this message (True: train it, False: never train it)."""
+    """One turn. `loss` overrides the role policy for this message (True: train it, False: never train it).
+    A tool result may name the function (`name`) and the call it answers (`tool_call_id`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,6 +34,7 @@ class Message(BaseModel):
     reasoning_content: str | None = None
     tool_calls: tuple[ToolCall, ...] | None = None
     name: str | None = None
+    tool_call_id: str | None = None
     loss: bool | None = None
 
 

@@ -79,6 +79,8 @@ def hf_messages(conv: Conversation, *, tool_role: str = "tool", tools_on_system:
                 ]
         if m.name:
             message["name"] = m.name
+        if m.tool_call_id:
+            message["tool_call_id"] = m.tool_call_id
         out.append(message)
     if conv.tools and tools_on_system:
         if out[0]["role"] == "system":

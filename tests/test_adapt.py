@@ -100,6 +100,7 @@ def test_openai_tool_calls_string_and_object_arguments_and_legacy_functions():
                      ToolCall(name="get_weather", arguments={"city": "Rome"}, id="call_2"))
     assert first.messages[1].content == ""
     assert [(m.role, m.name) for m in first.messages[2:4]] == [("tool", "get_weather")] * 2
+    assert [m.tool_call_id for m in first.messages[2:4]] == ["call_1", "call_2"]
     assert legacy.tools == ({"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}},)
     assert legacy.messages[1].tool_calls == (ToolCall(name="add", arguments={"a": 2, "b": 3}),)
     assert legacy.messages[2] == Message(role="tool", content="5", name="add")
