@@ -40,9 +40,10 @@ class Span:
     """Characters [start, end) of the rendered text that hold one trainable piece of message `message`."""
 
     message: int
-    kind: str  # "content" | "reasoning" | "tool_name"
+    kind: str  # "content" | "reasoning" | "tool_name" | "opening" (template text before the first piece)
     start: int
     end: int
+    piece: int = -1  # which wrapped piece (sentinel number); -1 for openings
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def _strip_sentinels(marked: str, pieces: dict[int, tuple[int, str, str]]) -> tu
             opened[number] = length
         elif number in opened:
             index, kind, _ = pieces[number]
-            spans.append(Span(index, kind, opened.pop(number), length))
+            spans.append(Span(index, kind, opened.pop(number), length, number))
     out.append(marked[position:])
     spans.sort(key=lambda s: (s.start, s.end))
     return "".join(out), spans
@@ -256,17 +257,17 @@ def _align_spans(stripped: str, text: str, spans: list[Span]) -> list[Span]:
                 starts.append(b + lo - a)
                 ends.append(b + hi - a)
         if starts:
-            moved.append(Span(span.message, span.kind, min(starts), max(ends)))
+            moved.append(Span(span.message, span.kind, min(starts), max(ends), span.piece))
     return moved
 
 
 def _check_spans(conversation: Conversation, text: str, spans: list[Span], pieces, trained) -> None:
     """Every trained piece must be in the rendering, verbatim up to edge whitespace the template trimmed."""
-    found = {(s.message, s.kind): s for s in spans}
-    for index, kind, original in pieces.values():
+    found = {s.piece: s for s in spans}
+    for number, (index, kind, original) in pieces.items():
         if trained is not None and index not in trained:
             continue
-        span = found.get((index, kind))
+        span = found.get(number)
         if span is None:
             if kind == "reasoning":
                 continue  # templates may drop earlier turns' reasoning: nothing of it is in the tokens

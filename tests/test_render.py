@@ -108,3 +108,21 @@ def test_a_template_that_rewrites_trained_text_is_a_row_error():
     with pytest.raises(RowError, match="changes this text") as caught:
         _plain_renderer(template)(conv, frozenset({1}))
     assert caught.value.field == "messages.1.content"
+
+
+def test_several_tool_calls_in_one_message_are_each_located():
+    from schemas.records import ToolCall
+
+    tokenizer = real_tokenizer("qwen2.5")
+    renderer = Renderer(tokenizer.chat_template, **renderer_args(tokenizer))
+    conv = conversation(
+        Message(role="user", content="Weather in Paris and Rome?"),
+        Message(role="assistant", content="", tool_calls=(ToolCall(name="get_weather", arguments={"city": "Paris"}),
+                                                         ToolCall(name="get_time", arguments={"city": "Rome"}))),
+        Message(role="tool", content="18C", name="get_weather"),
+        Message(role="tool", content="12:00", name="get_time"),
+        Message(role="assistant", content="18C in Paris; it is noon in Rome."),
+    )
+    rendered = renderer(conv, frozenset({1, 4}))
+    names = [rendered.text[s.start : s.end] for s in rendered.spans if s.kind == "tool_name"]
+    assert names == ["get_weather", "get_time"]
