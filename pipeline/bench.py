@@ -60,7 +60,19 @@ def _in_fresh_process(function: Callable[[], tuple[int, float]]) -> tuple[int, f
 
 def _with_peak(function: Callable[[], tuple[int, float]], send) -> None:
     tokens, seconds = function()
-    send.send((tokens, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    send.send((tokens, seconds, _peak_rss_mib()))
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS. On Linux from VmHWM, which starts afresh at exec; ru_maxrss would also count the
+    parent's memory copied at fork, before the spawned interpreter replaced it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Job:
