@@ -97,15 +97,20 @@ class _Job:
         return sum(s["tokens"] for s in manifest["splits"].values()), time.perf_counter() - start
 
     @staticmethod
-    def _ceiling(texts_file: str, tokenizer: str) -> int:
+    def _ceiling(texts_file: str, tokenizer: str, encoder: str = "hf") -> int:
+        """The bare encoder on the rendered texts: HF's `tokenizer(texts)`, or the pipeline's proven tiktoken."""
         from transformers import AutoTokenizer
+
+        from pipeline.tokenize import make_encoder
 
         texts = json.loads(Path(texts_file).read_text())
         tok = AutoTokenizer.from_pretrained(tokenizer)
+        encode = (lambda batch: tok(batch, add_special_tokens=False)["input_ids"]) if encoder == "hf" else (
+            lambda batch, fast=make_encoder(tok, "tiktoken")[0]: fast.encoding.encode_batch(batch, allowed_special="all"))
         start = time.perf_counter()
         total = 0
         for k in range(0, len(texts), 1000):
-            total += sum(len(ids) for ids in tok(texts[k : k + 1000], add_special_tokens=False)["input_ids"])
+            total += sum(len(ids) for ids in encode(texts[k : k + 1000]))
         return total, time.perf_counter() - start
 
     @staticmethod
@@ -177,6 +182,9 @@ def main(conversations: int, reference_sample: int, workers: int) -> None:
             click.echo("| path | tokens | seconds | tokens/s | vs ceiling | peak MiB |")
             click.echo("|---|---:|---:|---:|---:|---:|")
             click.echo(_line("HF tokenizer(texts) on rendered texts (ceiling)", ceiling_tokens, ceiling_s, ceiling_peak, ceiling))
+            job = _Job("ceiling", texts_file=str(texts_file), tokenizer=str(tokenizer_dir), encoder="tiktoken")
+            tokens, seconds, peak = _in_fresh_process(job)
+            click.echo(_line("tiktoken encode_batch on the same texts", tokens, seconds, peak, ceiling))
             for encoder, w in [("hf", 1), ("tiktoken", 1), ("tiktoken", workers)][: 3 if workers > 1 else 2]:
                 out = Path(tmp, f"{name}-{encoder}-{w}")
                 job = _Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(out), workers=w, encoder=encoder)
