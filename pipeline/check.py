@@ -233,8 +233,9 @@ def role_markers(tokenizer) -> tuple[dict[int, str], set[int]]:
 def scan_shards(output: Output, config: CheckConfig) -> Scan:
     scan = Scan()
     tokenizer = output.tokenizer
-    special = np.zeros(max(len(tokenizer), int(special_token_ids(tokenizer).max(initial=0)) + 1), dtype=bool)
-    special[special_token_ids(tokenizer)] = True
+    special_ids = special_token_ids(tokenizer)
+    special = np.zeros(max(len(tokenizer), int(special_ids.max(initial=0)) + 1), dtype=bool)
+    special[special_ids] = True
     total = sum(int(info.get("rows", 0)) for info in output.manifest["splits"].values())
     strides = (_stride(total, config.decode_sample_rows), _stride(total, config.report_samples))
     byte_level = is_byte_level(tokenizer)

@@ -17,11 +17,7 @@ from typing import Any
 
 from functools import lru_cache
 
-from transformers.utils.chat_template_utils import (
-    _alias_reasoning_fields,
-    _compile_jinja_template,
-    render_jinja_template,
-)
+from transformers.utils.chat_template_utils import _alias_reasoning_fields, _compile_jinja_template
 
 from pipeline.errors import RowError
 from schemas.records import Conversation, Message
@@ -75,7 +71,6 @@ class Renderer:
     """Renders conversations with one chat template. Built once per run (or worker); called per conversation."""
 
     def __init__(self, template: str, *, special_tokens_map: dict[str, Any], special_tokens: set[str]):
-        self.template = template
         self.traits = TemplateTraits.of(template, special_tokens)
         self._kwargs = special_tokens_map
         self._compiled = _with_fixed_clock(template)
@@ -103,10 +98,8 @@ class Renderer:
         """The text `add_generation_prompt=True` appends (`<|im_start|>assistant\n`): what precedes a model's answer."""
         probe = [{"role": "user", "content": "ping"}]
         try:
-            bare = render_jinja_template(conversations=[probe], chat_template=self.template, **self._kwargs)[0][0]
-            prompted = render_jinja_template(
-                conversations=[probe], chat_template=self.template, add_generation_prompt=True, **self._kwargs
-            )[0][0]
+            bare = self.render_messages(probe, None)
+            prompted = self.render_messages(probe, None, add_generation_prompt=True)
         except Exception:  # a template that cannot render a lone user turn: fall back to the spans alone
             return None
         return prompted[len(bare) :] if prompted.startswith(bare) and len(prompted) > len(bare) else None
@@ -128,11 +121,14 @@ class Renderer:
                 openings.append(Span(index, "opening", found + len(self.generation_prompt), first))
         return openings
 
-    def render_messages(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    def render_messages(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, *, add_generation_prompt: bool = False
+    ) -> str:
         """Render template-ready messages as `apply_chat_template(..., tokenize=False)` does. The messages are plain
         JSON data built here, so transformers' defensive copy is skipped; its reasoning-field aliases are kept."""
         return self._compiled.render(
-            messages=_alias_reasoning_fields(messages), tools=tools, documents=None, add_generation_prompt=False,
+            messages=_alias_reasoning_fields(messages), tools=tools, documents=None,
+            add_generation_prompt=add_generation_prompt,
             **self._kwargs,
         )
 

@@ -82,8 +82,7 @@ class TiktokenEncoder:
 
     name = "tiktoken"
 
-    def __init__(self, tokenizer: Any, encoding: Any, token_bytes: np.ndarray, nfc: bool, hf_encode):
-        self.tokenizer = tokenizer
+    def __init__(self, encoding: Any, token_bytes: np.ndarray, nfc: bool, hf_encode):
         self.encoding = encoding
         self.token_bytes = token_bytes
         self.nfc = nfc
@@ -139,8 +138,8 @@ def build(tokenizer: Any, hf_encode) -> TiktokenEncoder:
         encoding = tiktoken.Encoding("chatshard", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
     except Exception as exc:  # tiktoken refuses some regexes and rank tables
         raise NotExpressible(f"tiktoken cannot build it: {exc}") from None
-    encoder = TiktokenEncoder(tokenizer, encoding, token_bytes, normalizer is not None, hf_encode)
-    _prove(encoder, tokenizer, hf_encode, sorted(special))
+    encoder = TiktokenEncoder(encoding, token_bytes, normalizer is not None, hf_encode)
+    _prove(encoder, hf_encode, sorted(special))
     return encoder
 
 
@@ -167,7 +166,7 @@ def _split_pattern(pre_tokenizer: dict | None) -> str:
     raise NotExpressible(f"pre-tokenizer {pre_tokenizer.get('type')} is not a split regex plus byte level")
 
 
-def _prove(encoder: TiktokenEncoder, tokenizer: Any, hf_encode, special: list[str]) -> None:
+def _prove(encoder: TiktokenEncoder, hf_encode, special: list[str]) -> None:
     """Both encoders must give the same ids on every probe (alone, and wrapped in special tokens)."""
     wrapped = [f"{special[k % len(special)]}{p}{special[(k + 1) % len(special)]}\n{p}" for k, p in enumerate(PROBES)] if special else []
     probes = PROBES + wrapped
