@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from pipeline import adapt
 from pipeline.errors import ConfigError, InputError, RowError
 from schemas.records import Conversation
@@ -34,6 +36,7 @@ _CHUNK = 1 << 18  # characters decoded per read of a JSON array; grows while one
 _MAX_ELEMENT = 1 << 28  # a JSON array element larger than this (256 Mi characters) is refused, not buffered forever
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into decoded text
 csv.field_size_limit(1 << 30)  # the default 128 KiB limit refuses long answers; this is process-wide, as csv is
 
 
@@ -219,7 +222,8 @@ def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord]:
         if first == "{":
             obj = s.value()
             if s.skip_ws() == "":
-                yield RawRecord(source, 1, obj)
+                problem = _lone_surrogate(obj)
+                yield RowError(source, 1, "invalid_json", problem, id=adapt.record_id("", source=source, row=1)) if problem else RawRecord(source, 1, obj)
                 return
             jsonl = True  # more after the first object: JSON Lines in a `.json` file
         elif first == "[":
@@ -235,8 +239,14 @@ def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord]:
                 while True:
                     index += 1
                     s.skip_ws()
-                    line = s.line_at(s.pos)
-                    yield RawRecord(source, index, s.value(), line)
+                    line, start = s.line_at(s.pos), s.pos
+                    value = s.value()
+                    problem = _lone_surrogate(value) if _SURROGATE_ESCAPE.search(s.buf, start, s.pos) else None
+                    if problem:
+                        raw = s.buf[start : s.pos]
+                        yield RowError(source, index, "invalid_json", problem, raw=raw, id=adapt.record_id(raw, source=source, row=index))
+                    else:
+                        yield RawRecord(source, index, value, line)
                     c = s.skip_ws()
                     s.pos += 1
                     if c == "]":
@@ -256,11 +266,32 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
         if not text.strip():
             continue
         try:
-            yield RawRecord(source, lineno, json.loads(text))
-        except json.JSONDecodeError as e:
-            raw = text.rstrip("\r\n")
-            yield RowError(source, lineno, "invalid_json", f"invalid JSON at column {e.colno}: {e.msg}", raw=raw,
-                           id=adapt.record_id(raw, source=source, row=lineno))
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            try:
+                data = json.loads(text)  # what orjson refuses but the json module reads: NaN, integers over 64 bits
+            except json.JSONDecodeError as e:
+                yield _bad_line(source, lineno, text, f"invalid JSON at column {e.colno}: {e.msg}")
+                continue
+            if problem := _lone_surrogate(data):
+                yield _bad_line(source, lineno, text, problem)
+                continue
+        yield RawRecord(source, lineno, data)
+
+
+def _bad_line(source: str, lineno: int, text: str, message: str) -> RowError:
+    raw = text.rstrip("\r\n")
+    return RowError(source, lineno, "invalid_json", message, raw=raw, id=adapt.record_id(raw, source=source, row=lineno))
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """Why a decoded JSON value cannot be used as text: a `\\uD800`-style escape with no pair, which no UTF-8 text
+    (nor a tokenizer) can hold. None when the value is fine."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"invalid JSON: a lone surrogate {e.object[e.start]!r} escape (not a Unicode character)"
+    return None
 
 
 def _csv_reader(path: Path, encoding: str) -> tuple[list[str], Any]:

@@ -9,8 +9,9 @@ to tokens through byte offsets: each token's byte length comes from its id, so n
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -51,21 +52,40 @@ class NotExpressible(Exception):
     """The tokenizer is not one tiktoken reproduces exactly; the message says why."""
 
 
-@dataclass(frozen=True)
 class ByteSpans:
     """char_to_token / token_to_chars for one text, from token byte lengths and the text's UTF-8 layout: the two
-    methods the mask stage uses, with the semantics of a tokenizers.Encoding."""
+    methods the mask stage uses, with the semantics of a tokenizers.Encoding. An ASCII text's characters are its
+    bytes, so the layout is only computed for other texts, and only when a span is asked for."""
 
-    token_byte_start: np.ndarray
-    char_byte_start: np.ndarray
+    __slots__ = ("token_byte_start", "_text", "_char_byte_start")
+
+    def __init__(self, token_byte_start: np.ndarray, text: str):
+        self.token_byte_start = token_byte_start
+        self._text = text
+        self._char_byte_start: np.ndarray | None = None
+
+    def _byte_of(self, char: int) -> int | None:
+        if char >= len(self._text):
+            return None
+        if self._text.isascii():
+            return char
+        if self._char_byte_start is None:
+            self._char_byte_start = char_byte_starts(self._text)
+        return int(self._char_byte_start[char])
 
     def char_to_token(self, char: int) -> int | None:
-        if char >= len(self.char_byte_start) or not len(self.token_byte_start):
+        byte = self._byte_of(char)
+        if byte is None or not len(self.token_byte_start):
             return None
-        return int(np.searchsorted(self.token_byte_start, self.char_byte_start[char], side="right")) - 1
+        return int(np.searchsorted(self.token_byte_start, byte, side="right")) - 1
 
     def token_to_chars(self, token: int) -> tuple[int, int]:
-        start = int(np.searchsorted(self.char_byte_start, self.token_byte_start[token], side="right")) - 1
+        byte = int(self.token_byte_start[token])
+        if self._text.isascii():
+            return byte, byte + 1
+        if self._char_byte_start is None:
+            self._char_byte_start = char_byte_starts(self._text)
+        start = int(np.searchsorted(self._char_byte_start, byte, side="right")) - 1
         return start, start + 1
 
 
@@ -78,7 +98,10 @@ def char_byte_starts(text: str) -> np.ndarray:
 
 class TiktokenEncoder:
     """Encodes rendered texts with tiktoken, returning ids and ByteSpans; texts that are not NFC-normalised under an
-    NFC tokenizer go to the HF tokenizer (its normaliser would change them)."""
+    NFC tokenizer go to the HF tokenizer (its normaliser would change them).
+
+    The texts are cut into one contiguous slice per core, each encoded by a thread (tiktoken releases the GIL while
+    it encodes): one task per slice, not per text as `Encoding.encode_batch` submits them."""
 
     name = "tiktoken"
 
@@ -87,22 +110,32 @@ class TiktokenEncoder:
         self.token_bytes = token_bytes
         self.nfc = nfc
         self._hf_encode = hf_encode
+        self._threads = max(1, min(8, os.cpu_count() or 1))
+        self._pool: ThreadPoolExecutor | None = None
 
     def __call__(self, texts: list[str]):
+        direct = [not self.nfc or unicodedata.is_normalized("NFC", t) for t in texts]
+        chosen = [t for t, ok in zip(texts, direct) if ok]
+        step = -(-len(chosen) // self._threads) or 1
+        slices = [chosen[k : k + step] for k in range(0, len(chosen), step)]
+        if len(slices) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="tiktoken")
+            encoded = [e for part in self._pool.map(self._encode_slice, slices) for e in part]
+        else:
+            encoded = [e for part in slices for e in self._encode_slice(part)]
+        fallback = iter(self._hf_encode([t for t, ok in zip(texts, direct) if not ok]))
+        fast = iter(encoded)
+        return [next(fast) if ok else next(fallback) for ok in direct]
+
+    def _encode_slice(self, texts: list[str]) -> list:
         from pipeline.tokenize import Encoded
 
-        direct = [not self.nfc or unicodedata.is_normalized("NFC", t) for t in texts]
-        ids_list = self.encoding.encode_batch([t for t, ok in zip(texts, direct) if ok], allowed_special="all")
-        fallback = iter(self._hf_encode([t for t, ok in zip(texts, direct) if not ok]))
-        direct_ids = iter(ids_list)
         out = []
-        for text, ok in zip(texts, direct):
-            if not ok:
-                out.append(next(fallback))
-                continue
-            ids = np.array(next(direct_ids), dtype=np.int64)
-            ends = np.cumsum(self.token_bytes[ids]) if len(ids) else np.zeros(0, dtype=np.int64)
-            out.append(Encoded(ids, ByteSpans(ends - self.token_bytes[ids], char_byte_starts(text))))
+        for text in texts:
+            ids = self.encoding.encode_to_numpy(text, allowed_special="all").astype(np.int64)
+            widths = self.token_bytes[ids]
+            out.append(Encoded(ids, ByteSpans(np.cumsum(widths) - widths, text)))
         return out
 
 

@@ -96,6 +96,32 @@ def test_ten_megabyte_line_works_and_a_bad_one_keeps_its_line_number(tmp_path):
     assert isinstance(items[2], RowError) and (items[2].row, items[2].reason) == (3, "invalid_json")
 
 
+LONE_SURROGATE = '{"messages": [{"role": "user", "content": "a \\ud800 b"}, {"role": "assistant", "content": "\\ud83d\\ude00"}]}'
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "array", "object"])
+def test_a_lone_surrogate_escape_is_a_bad_row_not_a_crash(tmp_path, layout):
+    """`\\ud800` parses as JSON but is no Unicode character: UTF-8 (hashing, the tokenizer) cannot hold it. A valid
+    pair (the emoji) is fine."""
+    pair = LONE_SURROGATE.replace("\\ud800", "\\ud83d\\ude00")
+    text = {"jsonl": f"{pair}\n{LONE_SURROGATE}\n", "array": f"[{pair},\n{LONE_SURROGATE}]", "object": LONE_SURROGATE}[layout]
+    path = write(tmp_path / f"x.{'jsonl' if layout == 'jsonl' else 'json'}", text)
+    items = list(read_conversations([path], SRC))
+    bad = items[-1]
+    assert isinstance(bad, RowError) and bad.reason == "invalid_json" and "surrogate" in bad.message
+    assert bad.row == (1 if layout == "object" else 2)
+    if layout != "object":
+        assert isinstance(items[0], Conversation) and items[0].messages[1].content == "\U0001F600"
+
+
+def test_jsonl_keeps_what_the_json_module_reads(tmp_path):
+    """Integers beyond 64 bits and NaN are read as Python's json module reads them."""
+    row = dict(CHAT, id=2**70, score=float("nan"))
+    path = write(tmp_path / "x.jsonl", json.dumps(row) + "\n")
+    (got,) = records(path)
+    assert got.data["id"] == 2**70 and got.data["score"] != got.data["score"]
+
+
 def test_invalid_utf8_names_file_line_and_byte_offset():
     path = DATA / "bad_utf8.jsonl"
     first_line = path.read_bytes().split(b"\n")[0]
