@@ -144,7 +144,8 @@ _PRESET_CHOICE = click.Choice(["default", "glm4", "trl_completion_only", "rasbt"
               help="What to do with samples over the limit [default: cut_tail].")
 @click.option("--eval-split", type=float, help="Fraction of rows for the eval split (by a hash of the id).")
 @click.option("--seed", type=int, help="Seed of the eval split assignment.")
-@click.option("--workers", type=int, help="Rendering processes [default: 1].")
+@click.option("--workers", type=int, help="Worker processes, each adapting, rendering, tokenizing and masking whole "
+              "batches; one per core is fastest [default: 1].")
 @click.option("--rows-per-shard", type=int, help="Input rows per shard [default: 20000].")
 def preprocess_command(inputs, out, config_path, **options) -> None:
     from pipeline.errors import ConfigError, InputError, PipelineError

@@ -45,6 +45,10 @@ class RowError(Exception):
         where = f"{self.source}:{self.row}"
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
+    def __reduce__(self):
+        """Pickle by fields (workers send rejected rows back), not by the exception's message argument."""
+        return RowError, (self.source, self.row, self.reason, self.message, self.field, self.raw, self.id, self.extra)
+
     def to_json(self) -> dict[str, Any]:
         """The rejects.jsonl line for this row."""
         return {

@@ -416,6 +416,16 @@ def detect_format(path: Path, source: SourceConfig) -> str:
     return fmt
 
 
+def read_records(paths: Sequence[Path], source: SourceConfig) -> Iterator[tuple[RawRecord | RowError, str]]:
+    """One item per input record, files in the given order and records in file order, each with its file's format:
+    the parsed record, or the `RowError` of a line that is not one. Adapting them is left to the caller (a worker).
+    `InputError` when a file cannot be read (the items before it have been yielded)."""
+    for path in paths:
+        fmt = detect_format(path, source)
+        for item in iter_records(path, source):
+            yield item, fmt
+
+
 def read_conversations(paths: Sequence[Path], source: SourceConfig) -> Iterator[Conversation | RowError]:
     """One item per input record, files in the given order and records in file order: a validated `Conversation`,
     or the `RowError` that rejects the record (bad line, adapter error, or a rule of `pipeline.validate`).
@@ -423,7 +433,10 @@ def read_conversations(paths: Sequence[Path], source: SourceConfig) -> Iterator[
     Callers count `read` as the number of items, so `read == accepted + rejected` holds by construction.
     `InputError` when a file cannot be read (the items before it have been yielded).
     """
-    for path in paths:
-        fmt = detect_format(path, source)
-        for item in iter_records(path, source):
-            yield item if isinstance(item, RowError) else adapt.to_conversation(item, fmt, source=source)
+    for item, fmt in read_records(paths, source):
+        yield to_conversation(item, fmt, source)
+
+
+def to_conversation(item: RawRecord | RowError, fmt: str, source: SourceConfig) -> Conversation | RowError:
+    """A record of `read_records` adapted and validated; a bad line stays the RowError it already is."""
+    return item if isinstance(item, RowError) else adapt.to_conversation(item, fmt, source=source)

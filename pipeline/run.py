@@ -10,9 +10,12 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import os
 import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, RowError
-from pipeline.ingest import detect_format, read_conversations, resolve_inputs
+from pipeline.ingest import RawRecord, detect_format, read_records, resolve_inputs, to_conversation
 from pipeline.mask import message_regions, token_labels, trained_messages
 from pipeline.presets import glm4_rows, trl_completion_labels
 from pipeline.progress import progress
@@ -65,6 +68,13 @@ class ChunkResult:
     warnings: list[RowError] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
 
+    def absorb(self, part: "ChunkResult") -> None:
+        """Add a batch's rows and counts to this chunk's (its samples have been written already)."""
+        self.rejects.extend(part.rejects)
+        self.dropped.extend(part.dropped)
+        self.warnings.extend(part.warnings)
+        self.stats += part.stats
+
 
 class Processor:
     """Everything built once per run: tokenizer, template, renderer. Turns a chunk of rows into samples."""
@@ -74,7 +84,8 @@ class Processor:
         self.tokenizer = load_tokenizer(config.render)
         self.template = chat_template_of(self.tokenizer, config.render)
         self.special_ids = frozenset(special_token_ids(self.tokenizer).tolist())
-        self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder)
+        threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
+        self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads)
         self.control_tokens = control_token_pattern(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
         self.limit = config.truncation.limit(config.mask.preset)
@@ -85,44 +96,74 @@ class Processor:
         self._pool = None
 
     def __enter__(self) -> "Processor":
-        if self.config.output.workers > 1:
-            context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(
-                self.config.output.workers, initializer=_init_worker, initargs=(self.template, renderer_args(self.tokenizer))
+        """Start the worker processes. Where the platform can fork, each worker starts as a copy of this process,
+        tokenizer, template and proven encoder included, so it costs no second start-up; elsewhere each builds
+        its own Processor. A worker that dies fails the run with a clear error instead of hanging it."""
+        global _worker
+        workers = self.config.output.workers
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            _worker = self
+            self._pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), initializer=_one_thread_per_worker)
+        elif workers > 1:
+            self._pool = ProcessPoolExecutor(
+                workers, multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(self.config,)
             )
         return self
 
     def __exit__(self, *exc) -> None:
+        global _worker
         if self._pool is not None:
-            self._pool.terminate()
+            self._pool.shutdown(cancel_futures=True)
             self._pool = None
+        _worker = None
 
-    def process(self, items: Iterable[Conversation | RowError], writers: dict[str, ShardWriter]) -> ChunkResult:
-        """Stream one chunk of rows through render, tokenize, mask and truncate into `writers`, batch by batch:
-        memory holds a few batches, whatever the chunk or input size."""
+    def process(self, records: Iterable[tuple[RawRecord | RowError, str]], writers: dict[str, ShardWriter]) -> ChunkResult:
+        """Stream one chunk of input records (from `read_records`) into `writers`, batch by batch: memory holds a few
+        batches, whatever the chunk or input size."""
         result = ChunkResult()
-        for batch, rendered in self._rendered_batches(self._admitted_batches(items, result)):
-            self._process_batch(batch, rendered, result)
-            for split, samples in result.pending.items():
+        for part in self._batch_results(_batches(records, self.config.output.batch_size)):
+            for split, samples in part.pending.items():
                 writers[split].write(samples)
-                samples.clear()
+            result.absorb(part)
         result.stats.rejected.update(r.reason for r in result.rejects)
         return result
 
-    def _admitted_batches(self, items: Iterable[Conversation | RowError], result: ChunkResult) -> Iterator[list[Conversation]]:
-        """Batches of the rows that pass the content checks; every row is counted as read."""
-        iterator = iter(items)
-        while block := list(itertools.islice(iterator, self.config.output.batch_size)):
-            result.stats.read += len(block)
-            admitted = []
-            for item in block:
-                problem = item if isinstance(item, RowError) else self._content_problem(item)
-                if problem is not None:
-                    result.rejects.append(problem)
-                else:
-                    admitted.append(item)
-            if admitted:
-                yield admitted
+    def _batch_results(self, batches: Iterator[list[tuple[RawRecord | RowError, str]]]) -> Iterator[ChunkResult]:
+        """Each batch's result, in input order. With workers, a batch is processed whole in a worker process (adapt,
+        render, tokenize, mask) while this process reads and writes; up to two batches per worker are in flight,
+        never more, so memory stays bounded."""
+        if self._pool is None:
+            yield from map(self.process_batch, batches)
+            return
+        pending: deque = deque()
+        try:
+            for batch in batches:
+                pending.append(self._pool.submit(_process_batch_in_worker, batch))
+                if len(pending) > 2 * self.config.output.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise PipelineError("a worker process died (killed for memory?); rerun to resume from the last finished "
+                                "chunk, with fewer --workers") from None
+
+    def process_batch(self, records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
+        """What one batch of input records becomes: samples by split, rejected and filtered rows, warnings, counts.
+        Every record is counted as read."""
+        result = ChunkResult()
+        result.stats.read += len(records)
+        admitted = []
+        for record, fmt in records:
+            item = to_conversation(record, fmt, self.config.source)
+            problem = item if isinstance(item, RowError) else self._content_problem(item)
+            if problem is not None:
+                result.rejects.append(problem)
+            else:
+                admitted.append(item)
+        if admitted:
+            rendered = [_render_or_error(self.renderer, c, self._checked_messages(c)) for c in admitted]
+            self._process_batch(admitted, rendered, result)
+        return result
 
     def _content_problem(self, conversation: Conversation) -> RowError | None:
         """Special tokens typed as text would be tokenized as control tokens; reserved characters break spans."""
@@ -149,26 +190,6 @@ class Processor:
         if mask.preset != "default" or mask.train_on_prompt:
             return frozenset()
         return frozenset(trained_messages(conversation, mask))
-
-    def _rendered_batches(
-        self, batches: Iterator[list[Conversation]]
-    ) -> Iterator[tuple[list[Conversation], list[Rendered | RowError]]]:
-        """(batch, renderings) in order. With workers, up to two batches per worker render ahead while this one is
-        tokenized; never more, so memory stays bounded."""
-        if self._pool is None:
-            for batch in batches:
-                yield batch, [_render_or_error(self.renderer, c, self._checked_messages(c)) for c in batch]
-            return
-        pending: deque = deque()
-        for batch in batches:
-            jobs = [(c, self._checked_messages(c)) for c in batch]
-            pending.append((batch, self._pool.apply_async(_render_batch_in_worker, (jobs,))))
-            if len(pending) > 2 * self.config.output.workers:
-                done, rendering = pending.popleft()
-                yield done, rendering.get()
-        while pending:
-            done, rendering = pending.popleft()
-            yield done, rendering.get()
 
     def _process_batch(self, conversations: list[Conversation], rendered: list[Rendered | RowError], result: ChunkResult) -> None:
         for conversation, outcome in zip(conversations, rendered):
@@ -258,16 +279,22 @@ _FILTER_MESSAGES = {
 }
 
 
-_worker_renderer: Renderer | None = None
+_worker: Processor | None = None
 
 
-def _init_worker(template: str, args: dict[str, Any]) -> None:
-    global _worker_renderer
-    _worker_renderer = Renderer(template, **args)
+def _one_thread_per_worker() -> None:
+    """The workers already fill the cores: the HF tokenizer in each encodes on its own thread."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
-def _render_batch_in_worker(jobs: list[tuple[Conversation, frozenset[int]]]) -> list[Rendered | RowError]:
-    return [_render_or_error(_worker_renderer, *job) for job in jobs]
+def _init_worker(config: PreprocessConfig) -> None:
+    global _worker
+    _one_thread_per_worker()
+    _worker = Processor(config)
+
+
+def _process_batch_in_worker(records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
+    return _worker.process_batch(records)
 
 
 def _render_or_error(renderer: Renderer, conversation: Conversation, trained: frozenset[int]) -> Rendered | RowError:
@@ -297,6 +324,12 @@ def assign_split(sample_id: str, eval_fraction: float, seed: int) -> str:
     return "eval" if int.from_bytes(digest[:8], "big") / 2**64 < eval_fraction else "train"
 
 
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[Iterator]:
     """Lazy chunks of `size` items; each must be consumed before the next is taken."""
     iterator = iter(items)
@@ -317,8 +350,8 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
         work = _prepare_work_dir(out, run_key)
         stats = Stats()
         shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
-        conversations = progress(read_conversations(paths, config.source), desc="preprocess")
-        for index, chunk in enumerate(_chunks(conversations, config.output.rows_per_shard)):
+        records = progress(read_records(paths, config.source), desc="preprocess")
+        for index, chunk in enumerate(_chunks(records, config.output.rows_per_shard)):
             journal = work / f"chunk-{index:05d}.json"
             done = _load_finished_chunk(journal, work)
             if done is None:

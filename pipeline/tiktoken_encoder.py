@@ -105,13 +105,12 @@ class TiktokenEncoder:
 
     name = "tiktoken"
 
-    def __init__(self, encoding: Any, token_bytes: np.ndarray, nfc: bool, hf_encode):
+    def __init__(self, encoding: Any, token_bytes: np.ndarray, nfc: bool, hf_encode, threads: int | None = None):
         self.encoding = encoding
         self.token_bytes = token_bytes
         self.nfc = nfc
         self._hf_encode = hf_encode
-        self._threads = max(1, min(8, os.cpu_count() or 1))
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads = max(1, threads or min(8, os.cpu_count() or 1))
 
     def __call__(self, texts: list[str]):
         direct = [not self.nfc or unicodedata.is_normalized("NFC", t) for t in texts]
@@ -119,9 +118,9 @@ class TiktokenEncoder:
         step = -(-len(chosen) // self._threads) or 1
         slices = [chosen[k : k + step] for k in range(0, len(chosen), step)]
         if len(slices) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="tiktoken")
-            encoded = [e for part in self._pool.map(self._encode_slice, slices) for e in part]
+            # A pool per call (a few per thousand texts, so cheap) holds no thread across a fork into workers.
+            with ThreadPoolExecutor(len(slices), thread_name_prefix="tiktoken") as pool:
+                encoded = [e for part in pool.map(self._encode_slice, slices) for e in part]
         else:
             encoded = [e for part in slices for e in self._encode_slice(part)]
         fallback = iter(self._hf_encode([t for t, ok in zip(texts, direct) if not ok]))
@@ -139,8 +138,9 @@ class TiktokenEncoder:
         return out
 
 
-def build(tokenizer: Any, hf_encode) -> TiktokenEncoder:
-    """A verified tiktoken encoder for `tokenizer`, or NotExpressible with the reason."""
+def build(tokenizer: Any, hf_encode, threads: int | None = None) -> TiktokenEncoder:
+    """A verified tiktoken encoder for `tokenizer` encoding on `threads` threads (default: the cores, up to 8), or
+    NotExpressible with the reason."""
     import tiktoken
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -171,7 +171,7 @@ def build(tokenizer: Any, hf_encode) -> TiktokenEncoder:
         encoding = tiktoken.Encoding("chatshard", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
     except Exception as exc:  # tiktoken refuses some regexes and rank tables
         raise NotExpressible(f"tiktoken cannot build it: {exc}") from None
-    encoder = TiktokenEncoder(encoding, token_bytes, normalizer is not None, hf_encode)
+    encoder = TiktokenEncoder(encoding, token_bytes, normalizer is not None, hf_encode, threads)
     _prove(encoder, hf_encode, sorted(special))
     return encoder
 
@@ -203,7 +203,9 @@ def _prove(encoder: TiktokenEncoder, hf_encode, special: list[str]) -> None:
     """Both encoders must give the same ids on every probe (alone, and wrapped in special tokens)."""
     wrapped = [f"{special[k % len(special)]}{p}{special[(k + 1) % len(special)]}\n{p}" for k, p in enumerate(PROBES)] if special else []
     probes = PROBES + wrapped
-    expected = [e.input_ids.tolist() for e in hf_encode(probes)]
+    # One text per call: the HF tokenizer then encodes without its thread pool, so the process can still fork
+    # workers cleanly (see HFEncoder).
+    expected = [hf_encode([probe])[0].input_ids.tolist() for probe in probes]
     got = [e.input_ids.tolist() for e in encoder(probes)]
     for probe, want, have in zip(probes, expected, got):
         if want != have:

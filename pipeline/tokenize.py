@@ -84,7 +84,11 @@ def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
         return []
     # What `tokenizer(texts, add_special_tokens=False)` runs, without building Python offset lists: spans are mapped
     # with the encodings' own char_to_token, a few calls per message instead of a tuple per token.
-    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    backend = tokenizer.backend_tokenizer
+    if len(texts) == 1:  # no thread pool for one text: a process that has not started one can fork safely
+        encodings = [backend.encode(texts[0], add_special_tokens=False)]
+    else:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
     return [Encoded(np.array(e.ids, dtype=np.int64), e) for e in encodings]
 
 
@@ -100,7 +104,7 @@ class HFEncoder:
         return encode_batch(self.tokenizer, texts)
 
 
-def make_encoder(tokenizer, choice: str) -> tuple[Any, str]:
+def make_encoder(tokenizer, choice: str, threads: int | None = None) -> tuple[Any, str]:
     """The encoder for `choice` (auto | hf | tiktoken) and why it was chosen. `auto` takes tiktoken when the
     tokenizer is byte-level BPE that tiktoken reproduces exactly on the probe set, else the HF tokenizer."""
     from pipeline.tiktoken_encoder import NotExpressible, build
@@ -109,7 +113,7 @@ def make_encoder(tokenizer, choice: str) -> tuple[Any, str]:
     if choice == "hf":
         return hf, "requested"
     try:
-        return build(tokenizer, hf), "byte-level BPE, identical to the HF tokenizer on every probe"
+        return build(tokenizer, hf, threads), "byte-level BPE, identical to the HF tokenizer on every probe"
     except NotExpressible as why:
         if choice == "tiktoken":
             raise PipelineError(f"--encoder tiktoken: this tokenizer cannot be encoded exactly by tiktoken: {why}") from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import pipeline.run as run_module
+from pipeline.errors import PipelineError
 from pipeline.render import Renderer, renderer_args
 from pipeline.run import preprocess
 from pipeline.shards import sha256_file
@@ -117,16 +119,36 @@ def test_special_tokens_typed_as_text_are_rejected_unless_allowed(tmp_path):
     assert allowed["accounting"]["written"] == 2
 
 
-def test_same_bytes_for_any_number_of_workers(tmp_path):
-    data = _write(tmp_path / "chats.jsonl", [_chat(k, turns=1 + k % 4) for k in range(120)])
-    digests = []
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_same_bytes_for_any_number_of_workers(tmp_path, monkeypatch, start):
+    """Workers process whole batches (many in flight here) and the output is the same bytes, rejects included,
+    whether workers are forked copies of the process or spawned and built afresh."""
+    monkeypatch.setattr(run_module.multiprocessing, "get_all_start_methods", lambda: [start])
+    rows = [_chat(k, turns=1 + k % 4) for k in range(120)]
+    rows[7], rows[61] = "{not json", {"messages": [{"role": "user", "content": "no answer"}]}
+    data = _write(tmp_path / "chats.jsonl", rows)
+    outputs = []
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         manifest = preprocess(_config([data], **{"output.workers": workers, "output.rows_per_shard": 50,
-                                                "output.eval_split": 0.1}), out)
+                                                "output.batch_size": 7, "output.eval_split": 0.1}), out)
         assert len(manifest["splits"]["train"]["shards"]) == 3
-        digests.append({p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*.arrow"))})
-    assert digests[0] == digests[1]
+        assert manifest["accounting"]["rejected"] == 2 and manifest["accounting"]["written"] == 118
+        files = sorted([*out.rglob("*.arrow"), out / "rejects.jsonl"])
+        outputs.append({p.relative_to(out).as_posix(): sha256_file(p) for p in files})
+    assert outputs[0] == outputs[1]
+
+
+def _die(records):
+    os._exit(3)  # a worker killed mid-batch (the OOM killer, a segfault)
+
+
+def test_a_worker_that_dies_fails_the_run_with_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module, "_process_batch_in_worker", _die)
+    data = _write(tmp_path / "chats.jsonl", [_chat(k) for k in range(20)])
+    with pytest.raises(PipelineError, match="worker process died"):
+        preprocess(_config([data], **{"output.workers": 2}), tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
