@@ -45,7 +45,10 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+_TO_LATIN1 = {ord(c): b for b, c in _bytes_to_unicode().items()}
+_TO_LATIN1.update({b: 0x10FFFF for b in range(256) if b not in _TO_LATIN1})
+"""A byte-level token's characters -> its bytes as Latin-1 characters; the 0-255 characters outside the byte-level
+alphabet (raw spaces, controls) map to U+10FFFF, which Latin-1 cannot encode, so a non-byte-level token fails."""
 
 
 class NotExpressible(Exception):
@@ -153,8 +156,8 @@ def build(tokenizer: Any, hf_encode, threads: int | None = None) -> TiktokenEnco
     ranks: dict[bytes, int] = {}
     for token, rank in model["vocab"].items():
         try:
-            ranks[bytes(_UNICODE_TO_BYTE[c] for c in token)] = rank
-        except KeyError:
+            ranks[token.translate(_TO_LATIN1).encode("latin-1")] = rank
+        except UnicodeEncodeError:
             raise NotExpressible(f"vocabulary entry {token!r} is not byte-level") from None
     special: dict[str, int] = {}
     for added in spec.get("added_tokens", []):

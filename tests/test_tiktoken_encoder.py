@@ -65,6 +65,18 @@ def test_a_normaliser_that_changes_text_is_refused():
         build(changed, HFEncoder(changed))
 
 
+@pytest.mark.parametrize("entry", ["a b", "tab\t", "中文"])
+def test_a_vocabulary_entry_outside_the_byte_alphabet_is_refused(entry):
+    """Raw spaces, controls or CJK in the vocabulary mean it is not byte-level BPE: no byte string to give tiktoken."""
+    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
+    spec["model"]["vocab"][entry] = len(spec["model"]["vocab"])
+    from tokenizers import Tokenizer
+
+    changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    with pytest.raises(NotExpressible, match="not byte-level"):
+        build(changed, HFEncoder(changed))
+
+
 def test_any_difference_on_the_probes_means_no_tiktoken():
     tokenizer = demo_tokenizer()
     hf = HFEncoder(tokenizer)
