@@ -8,6 +8,7 @@ to tokens through byte offsets: each token's byte length comes from its id, so n
 """
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import unicodedata
@@ -57,46 +58,43 @@ class NotExpressible(Exception):
 
 class ByteSpans:
     """char_to_token / token_to_chars for one text, from token byte lengths and the text's UTF-8 layout: the two
-    methods the mask stage uses, with the semantics of a tokenizers.Encoding. An ASCII text's characters are its
-    bytes, so the layout is only computed for other texts, and only when a span is asked for."""
+    methods the mask stage uses, with the semantics of a tokenizers.Encoding. The mask stage asks a handful of
+    times per message, in text order, so a character's byte offset is found by encoding only the text since the
+    previous question (an ASCII text's characters are its bytes), and tokens are found by bisecting a plain list."""
 
-    __slots__ = ("token_byte_start", "_text", "_char_byte_start")
+    __slots__ = ("token_byte_start", "_text", "_ascii", "_cursor", "_starts", "_utf8")
 
     def __init__(self, token_byte_start: np.ndarray, text: str):
         self.token_byte_start = token_byte_start
         self._text = text
-        self._char_byte_start: np.ndarray | None = None
+        self._ascii = text.isascii()
+        self._cursor = (0, 0)  # (character, its byte offset) of the last question
+        self._starts: list[int] | None = None
+        self._utf8: bytes | None = None
 
-    def _byte_of(self, char: int) -> int | None:
-        if char >= len(self._text):
-            return None
-        if self._text.isascii():
+    def _byte_of(self, char: int) -> int:
+        if self._ascii:
             return char
-        if self._char_byte_start is None:
-            self._char_byte_start = char_byte_starts(self._text)
-        return int(self._char_byte_start[char])
+        last_char, last_byte = self._cursor if char >= self._cursor[0] else (0, 0)
+        byte = last_byte + len(self._text[last_char:char].encode("utf-8"))
+        self._cursor = (char, byte)
+        return byte
 
     def char_to_token(self, char: int) -> int | None:
-        byte = self._byte_of(char)
-        if byte is None or not len(self.token_byte_start):
+        if char >= len(self._text) or not len(self.token_byte_start):
             return None
-        return int(np.searchsorted(self.token_byte_start, byte, side="right")) - 1
+        if self._starts is None:
+            self._starts = self.token_byte_start.tolist()
+        return bisect.bisect_right(self._starts, self._byte_of(char)) - 1
 
     def token_to_chars(self, token: int) -> tuple[int, int]:
+        """The character holding the token's first byte (one character: enough for the mask stage's question)."""
         byte = int(self.token_byte_start[token])
-        if self._text.isascii():
-            return byte, byte + 1
-        if self._char_byte_start is None:
-            self._char_byte_start = char_byte_starts(self._text)
-        start = int(np.searchsorted(self._char_byte_start, byte, side="right")) - 1
-        return start, start + 1
-
-
-def char_byte_starts(text: str) -> np.ndarray:
-    """Byte offset of each character of `text` in its UTF-8 encoding."""
-    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    widths = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
-    return np.concatenate(([0], np.cumsum(widths)[:-1])) if len(points) else np.zeros(0, dtype=np.int64)
+        if not self._ascii:
+            if self._utf8 is None:
+                self._utf8 = self._text.encode("utf-8")
+            byte = len(self._utf8[:byte].decode("utf-8", errors="ignore"))  # whole characters before that byte
+        return byte, byte + 1
 
 
 class TiktokenEncoder:

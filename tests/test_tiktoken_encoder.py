@@ -8,7 +8,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from pipeline.errors import PipelineError
-from pipeline.tiktoken_encoder import PROBES, NotExpressible, build, char_byte_starts
+from pipeline.tiktoken_encoder import PROBES, NotExpressible, build
 from pipeline.tokenize import HFEncoder, make_encoder
 from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
 from tests.test_tokenize import sentencepiece_style
@@ -23,6 +23,8 @@ def _same_as_hf(tokenizer, texts):
         assert ours.input_ids.tolist() == ref.input_ids.tolist(), text[:30]
         chars = [ours.encoding.char_to_token(i) for i in range(len(text))]
         assert chars == [ref.encoding.char_to_token(i) for i in range(len(text))], text[:30]
+        backwards = [ours.encoding.char_to_token(i) for i in reversed(range(len(text)))]  # questions out of order
+        assert backwards == chars[::-1], text[:30]
         starts = [ours.encoding.token_to_chars(t)[0] for t in range(len(ours.input_ids))]
         assert starts == [ref.encoding.token_to_chars(t)[0] for t in range(len(ref.input_ids))], text[:30]
 
@@ -89,8 +91,3 @@ def test_any_difference_on_the_probes_means_no_tiktoken():
 
     with pytest.raises(NotExpressible, match="ids differ"):
         build(tokenizer, slightly_off)
-
-
-def test_char_byte_starts():
-    assert char_byte_starts("aé中🙂b").tolist() == [0, 1, 3, 6, 10]
-    assert char_byte_starts("").tolist() == []
