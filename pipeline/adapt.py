@@ -152,6 +152,8 @@ def parse_tools(value: Any, field: str) -> tuple[dict[str, Any], ...] | None:
 
 def _loss(loss: bool | None, weight: float | None, metadata: MessageMetadata | None, field: str) -> bool | None:
     """`loss` (bool), `loss_weight` (0 or 1) and functionary's `metadata.masked` -> Message.loss; they must agree."""
+    if weight is None and metadata is None:
+        return loss
     said = [] if loss is None else [loss]
     if weight is not None:
         if weight not in (0, 1):
@@ -240,7 +242,8 @@ def _chat_messages(messages: list[ChatMessage], field: str) -> tuple[list[Messag
             calls.append(_call(m.function_call.name, m.function_call.arguments, f"{at}.function_call"))
         if calls and role != "assistant":
             raise Reject("invalid_tool_call", f"{at}.tool_calls", f"tool calls on a {m.role} message")
-        out.append(Message(
+        # Every field was validated by the ChatMessage schema and the checks above: no second validation.
+        out.append(Message.model_construct(
             role=role, content=text, reasoning_content=m.reasoning_content if m.reasoning_content is not None else reasoning,
             tool_calls=tuple(calls) or None, name=m.name, tool_call_id=m.tool_call_id, loss=loss,
         ))
