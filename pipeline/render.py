@@ -1,9 +1,11 @@
 """Render a conversation once with its chat template and record where each message's trainable text landed.
 
 Each trainable piece (content, reasoning, tool-call name) is wrapped in private-use sentinels, the conversation is
-rendered, the sentinels are stripped and their character spans recorded. The conversation is also rendered once
-without sentinels: that is the text that gets tokenized. When a template transforms content (Llama 3's `| trim`,
-Qwen3 dropping earlier reasoning) the two renderings differ, and the spans are carried over by aligning them.
+rendered, the sentinels are stripped and their character spans recorded. When the template only copies message
+text into its output (`pipeline.template_flow` proves it from the template's syntax tree), the stripped text is the
+rendering, and that is the text that gets tokenized. Otherwise the conversation is also rendered without sentinels,
+and when the template transforms content (Llama 3's `| trim`, Qwen3 dropping earlier reasoning) the two renderings
+differ, and the spans are carried over by aligning them.
 A piece that cannot be located in the real rendering is a row error, never a guessed mask.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from functools import lru_cache
 from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields, _compile_jinja_template
 
 from pipeline.errors import RowError
+from pipeline.template_flow import copies_text_verbatim
 from schemas.records import Conversation, Message
 
 OPEN, CLOSE, END = "\U000f0000", "\U000f0001", "\U000f0002"
@@ -76,20 +79,22 @@ class Renderer:
         self._kwargs = special_tokens_map
         self._compiled = _with_fixed_clock(template)
         self.generation_prompt = self._generation_prompt()
+        self.single_rendering = copies_text_verbatim(self._compiled.environment, template)
 
     def __call__(self, conversation: Conversation, trained: frozenset[int] | None = None) -> Rendered:
         """Render one conversation; raise RowError(template_error) when the template refuses it, or when it drops
         or rewrites the text of a message in `trained` (all messages when None) beyond trimming its edges."""
-        plain, _ = self.template_messages(conversation, wrap=False)
         marked, pieces = self.template_messages(conversation, wrap=True)
         tools = template_tools(conversation)
         try:
-            text = self.render_messages(plain, tools)
             marked_text = self.render_messages(marked, tools)
+            text = None if self.single_rendering else self.render_messages(self.template_messages(conversation, wrap=False)[0], tools)
         except Exception as exc:  # a template's raise_exception, or a template bug on this data
             raise _template_error(conversation, f"the chat template refused this conversation: {exc}") from None
         stripped, spans = _strip_sentinels(marked_text, pieces)
-        if stripped != text:
+        if text is None:
+            text = stripped  # the template only copies text: the same as rendering without sentinels
+        elif stripped != text:
             spans = _align_spans(stripped, text, spans)
         _check_spans(conversation, text, spans, pieces, trained)
         spans = sorted(spans + self._answer_openings(conversation, text, spans), key=lambda s: (s.start, s.end))
