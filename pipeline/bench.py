@@ -158,7 +158,7 @@ def _line(name: str, tokens: int, seconds: float, peak: float, baseline: float |
 @click.command()
 @click.option("--conversations", default=20_000, show_default=True, help="Generated conversations.")
 @click.option("--reference-sample", default=2_000, show_default=True, help="Conversations for the slow reference paths.")
-@click.option("--workers", default=2, show_default=True, help="Rendering processes for the pipeline.")
+@click.option("--workers", default=os.cpu_count() or 1, show_default="the cores", help="Worker processes for the pipeline's second run.")
 def main(conversations: int, reference_sample: int, workers: int) -> None:
     """Benchmark preprocess against the tokenizer ceiling, TRL's and GLM-4's paths (tokens/s, ratios, peak RSS)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -185,7 +185,7 @@ def main(conversations: int, reference_sample: int, workers: int) -> None:
             job = _Job("ceiling", texts_file=str(texts_file), tokenizer=str(tokenizer_dir), encoder="tiktoken")
             tokens, seconds, peak = _in_fresh_process(job)
             click.echo(_line("tiktoken encode_batch on the same texts", tokens, seconds, peak, ceiling))
-            for encoder, w in [("hf", 1), ("tiktoken", 1), ("tiktoken", workers)][: 3 if workers > 1 else 2]:
+            for encoder, w in [(e, w) for e in ("hf", "tiktoken") for w in dict.fromkeys((1, workers))]:
                 out = Path(tmp, f"{name}-{encoder}-{w}")
                 job = _Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(out), workers=w, encoder=encoder)
                 tokens, seconds, peak = _in_fresh_process(job)
