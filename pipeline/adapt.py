@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from pipeline.errors import RowError
@@ -58,8 +59,16 @@ def record_id(data: Any, *, source: str, row: int) -> str:
     if isinstance(own, str) and own or isinstance(own, int) and not isinstance(own, bool):
         return str(own)
     base = source.replace("\\", "/").rsplit("/", 1)[-1]
-    content = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(f"{base}\0{row}\0{content}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{base}\0{row}\0".encode() + _canonical_json(data)).hexdigest()[:16]
+
+
+def _canonical_json(data: Any) -> bytes:
+    """Compact JSON with sorted keys. orjson, except for what it refuses (integers over 64 bits, non-string keys)."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS, default=str)
+    except orjson.JSONEncodeError:
+        return json.dumps(data, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":")).encode(
+            "utf-8", "surrogatepass")
 
 
 # --- detection ------------------------------------------------------------------------------------------------------
