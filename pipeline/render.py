@@ -196,7 +196,7 @@ class Renderer:
 
 
 def renderer_args(tokenizer) -> dict[str, Any]:
-    """What a Renderer needs from the tokenizer, as plain data that can be sent to worker processes."""
+    """What a Renderer needs from the tokenizer, as plain data."""
     special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
     tokens_map = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
     return {"special_tokens_map": tokens_map, "special_tokens": special}
