@@ -151,6 +151,7 @@ class _TextStream:
         self.line_pos = 0
         self.eof = False
         self.first = True
+        self.value_start = 0  # where in buf the last value read by `value` starts (buf is re-based as it refills)
 
     def more(self, size: int = _CHUNK) -> None:
         """Drop the consumed prefix, then append about `size` more characters (sets `eof` at the end)."""
@@ -203,7 +204,7 @@ class _TextStream:
                     raise InputError(f"{self.path}: line {line}: invalid JSON: {e.msg}") from None
             else:
                 if end < len(self.buf) or self.eof:  # a number at the end of the buffer may go on
-                    self.pos = end
+                    self.value_start, self.pos = self.pos, end
                     return obj
             if len(self.buf) - self.pos > _MAX_ELEMENT:
                 raise InputError(f"{self.path}: line {self.line_at(self.pos)}: a JSON value over {_MAX_ELEMENT} characters")
@@ -220,10 +221,9 @@ def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord]:
         if first == "":
             return
         if first == "{":
-            obj = s.value()
+            item = _json_record(s, source, 1, None)
             if s.skip_ws() == "":
-                problem = _lone_surrogate(obj)
-                yield RowError(source, 1, "invalid_json", problem, id=adapt.record_id("", source=source, row=1)) if problem else RawRecord(source, 1, obj)
+                yield item
                 return
             jsonl = True  # more after the first object: JSON Lines in a `.json` file
         elif first == "[":
@@ -239,14 +239,7 @@ def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord]:
                 while True:
                     index += 1
                     s.skip_ws()
-                    line, start = s.line_at(s.pos), s.pos
-                    value = s.value()
-                    problem = _lone_surrogate(value) if _SURROGATE_ESCAPE.search(s.buf, start, s.pos) else None
-                    if problem:
-                        raw = s.buf[start : s.pos]
-                        yield RowError(source, index, "invalid_json", problem, raw=raw, id=adapt.record_id(raw, source=source, row=index))
-                    else:
-                        yield RawRecord(source, index, value, line)
+                    yield _json_record(s, source, index, s.line_at(s.pos))
                     c = s.skip_ws()
                     s.pos += 1
                     if c == "]":
@@ -258,6 +251,17 @@ def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord]:
                 raise InputError(f"{path}: line {s.line_at(s.pos)}: extra data after the JSON array")
             return
     yield from _iter_jsonl(path, encoding)
+
+
+def _json_record(s: _TextStream, source: str, row: int, line: int | None) -> RawRecord | RowError:
+    """The JSON value at the stream's position as record `row`, or an `invalid_json` row when it holds a lone
+    surrogate escape (looked for only when its raw text has such an escape)."""
+    value = s.value()
+    problem = _lone_surrogate(value) if _SURROGATE_ESCAPE.search(s.buf, s.value_start, s.pos) else None
+    if problem:
+        raw = s.buf[s.value_start : s.pos]
+        return RowError(source, row, "invalid_json", problem, raw=raw, id=adapt.record_id(raw, source=source, row=row))
+    return RawRecord(source, row, value, line)
 
 
 def _iter_jsonl(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError, InputError, RowError
 from pipeline.ingest import (
+    _CHUNK,
     RawRecord,
     detect_format,
     iter_records,
@@ -99,19 +100,22 @@ def test_ten_megabyte_line_works_and_a_bad_one_keeps_its_line_number(tmp_path):
 LONE_SURROGATE = '{"messages": [{"role": "user", "content": "a \\ud800 b"}, {"role": "assistant", "content": "\\ud83d\\ude00"}]}'
 
 
-@pytest.mark.parametrize("layout", ["jsonl", "array", "object"])
+@pytest.mark.parametrize("layout", ["jsonl", "array", "array across a refill", "object"])
 def test_a_lone_surrogate_escape_is_a_bad_row_not_a_crash(tmp_path, layout):
     """`\\ud800` parses as JSON but is no Unicode character: UTF-8 (hashing, the tokenizer) cannot hold it. A valid
-    pair (the emoji) is fine."""
+    pair (the emoji) is fine. In a large array the bad element may start in one read of the file and end in the next."""
     pair = LONE_SURROGATE.replace("\\ud800", "\\ud83d\\ude00")
-    text = {"jsonl": f"{pair}\n{LONE_SURROGATE}\n", "array": f"[{pair},\n{LONE_SURROGATE}]", "object": LONE_SURROGATE}[layout]
+    padded = pair.replace('"content": "', '"content": "' + "y" * (_CHUNK - len(pair) - 20), 1)
+    text = {"jsonl": f"{pair}\n{LONE_SURROGATE}\n", "array": f"[{pair},\n{LONE_SURROGATE}]",
+            "array across a refill": f"[{padded},\n{LONE_SURROGATE}]", "object": LONE_SURROGATE}[layout]
     path = write(tmp_path / f"x.{'jsonl' if layout == 'jsonl' else 'json'}", text)
     items = list(read_conversations([path], SRC))
     bad = items[-1]
     assert isinstance(bad, RowError) and bad.reason == "invalid_json" and "surrogate" in bad.message
     assert bad.row == (1 if layout == "object" else 2)
+    assert bad.raw is not None and "\\ud800" in bad.raw
     if layout != "object":
-        assert isinstance(items[0], Conversation) and items[0].messages[1].content == "\U0001F600"
+        assert isinstance(items[0], Conversation) and items[0].messages[1].content.endswith("\U0001F600")
 
 
 def test_jsonl_keeps_what_the_json_module_reads(tmp_path):
