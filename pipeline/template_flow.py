@@ -26,8 +26,8 @@ CONTAINER_FIELDS = frozenset({"tool_calls", "function"})
 """Keys whose values hold wrapped text further down."""
 _SAFE_TESTS = frozenset({"defined", "undefined", "none", "string", "mapping", "iterable", "sequence", "boolean",
                          "number", "integer", "float", "true", "false"})
-_CONTAINER_FILTERS = {"length": CLEAN, "count": CLEAN, "first": {CONTAINER}, "last": {CONTAINER},
-                      "reverse": {CONTAINER}, "list": {CONTAINER}}
+_CONTAINER_FILTERS = {"length": CLEAN, "count": CLEAN, **dict.fromkeys(("first", "last", "reverse", "list"),
+                                                                       frozenset({CONTAINER}))}
 _METHODS = frozenset(dir(dict)) | frozenset(dir(list)) | frozenset(dir(str))
 
 
@@ -210,7 +210,7 @@ class _Flow:
         if base == {TEXT} and node.name == "string":
             return base
         if base == {CONTAINER} and node.name in _CONTAINER_FILTERS:
-            return frozenset(_CONTAINER_FILTERS[node.name])
+            return _CONTAINER_FILTERS[node.name]
         raise _NotVerbatim(f"text or a message goes through `| {node.name}`")
 
     def clean(self, *groups: list) -> None:

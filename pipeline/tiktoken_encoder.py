@@ -123,7 +123,7 @@ class TiktokenEncoder:
             with ThreadPoolExecutor(len(slices), thread_name_prefix="tiktoken") as pool:
                 encoded = [e for part in pool.map(self._encode_slice, slices) for e in part]
         else:
-            encoded = [e for part in slices for e in self._encode_slice(part)]
+            encoded = self._encode_slice(chosen)
         fallback = iter(self._hf_encode([t for t, ok in zip(texts, direct) if not ok]))
         fast = iter(encoded)
         return [next(fast) if ok else next(fallback) for ok in direct]
