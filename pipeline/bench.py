@@ -47,13 +47,19 @@ def generate_corpus(count: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def _in_fresh_process(function: Callable[[], tuple[int, float]]) -> tuple[int, float, float]:
+def _in_fresh_process(function: "_Job") -> tuple[int, float, float]:
     """Run a step in a fresh process: its tokens, the seconds of its measured part, and its peak RSS in MiB."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_with_peak, args=(function, send))  # not a Pool: the step may start workers
     process.start()
-    result = receive.recv()
+    send.close()  # the child holds the only sending end now: if it dies, recv() ends instead of waiting forever
+    try:
+        result = receive.recv()
+    except EOFError:
+        process.join()
+        raise click.ClickException(f"benchmark step '{function.kind}' failed (exit code {process.exitcode}); "
+                                   "its error is printed above") from None
     process.join()
     return result
 

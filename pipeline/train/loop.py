@@ -62,10 +62,15 @@ class TrainResult:
 def train(cfg: TrainConfig) -> TrainResult | None:
     """Run training as configured. Returns the result on rank 0, None on other ranks."""
     # -- system -----------------------------------------------------------------------------------------------
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
+    ddp = "WORLD_SIZE" in os.environ  # launched by torchrun, even with one rank: the same code path as many
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(["device: 'cuda' requested but no CUDA device is available"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise ConfigError([f"device: this process is local rank {local_rank}, but only {torch.cuda.device_count()} "
+                           "CUDA device(s) are visible: start at most that many processes per node (torchrun "
+                           "--nproc_per_node), or train on the CPU with --device cpu"])
     if ddp:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -80,9 +85,9 @@ def train(cfg: TrainConfig) -> TrainResult | None:
 
 def _train(cfg: TrainConfig, *, rank: int, world: int, use_cuda: bool) -> TrainResult | None:
     master = rank == 0
-    ddp = world > 1
+    ddp = dist.is_initialized()
     if use_cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # checked in train()
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
@@ -300,7 +305,7 @@ def micro_steps(model: torch.nn.Module, batches: list[Batch], *, trained_total: 
     """
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for micro, batch in enumerate(batches):
-        sync = world == 1 or micro == len(batches) - 1
+        sync = not isinstance(model, DDP) or micro == len(batches) - 1
         with (nullcontext() if sync else model.no_sync()):
             with autocast:
                 logits = model(**batch.model_inputs(device)).logits

@@ -123,7 +123,7 @@ def test_torchrun_two_ranks(shards, tmp_path):
     out = tmp_path / "run"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = run_cli("train", "--data", str(shards), "--out", str(out), "--max-steps", "3", "--batch-size", "2",
-                   "--grad-accum", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--rank-log",
+                   "--grad-accum", "2", "--tiny-hidden", "32", "--tiny-heads", "2", "--rank-log", "--device", "cpu",
                    launcher=launcher, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = [[json.loads(line) for line in (out / "ranks" / f"rank{r}.jsonl").read_text().splitlines()]

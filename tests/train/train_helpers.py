@@ -82,8 +82,8 @@ def save_word_tokenizer(folder: Path) -> None:
 def run_cli(*args: str, env: dict | None = None, prelude: str = "", launcher: list[str] | None = None,
             timeout: int = 120) -> subprocess.CompletedProcess:
     """`python -m pipeline ...` in a fresh process (one thread), optionally with code run before the CLI."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
-                **(env or {})}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": path, **(env or {})}
     code = prelude + "\nimport sys\nfrom pipeline.cli import main\nsys.exit(main())\n"
     cmd = [*launcher, "-m", "pipeline", *args] if launcher else [sys.executable, "-c", code, *args]
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
