@@ -33,6 +33,7 @@ from pipeline.shards import (
     MANIFEST,
     MANIFEST_VERSION,
     Sample,
+    SampleTable,
     ShardInfo,
     ShardWriter,
     finalize_split,
@@ -60,9 +61,11 @@ SPLITS = ("train", "eval")
 
 @dataclass
 class ChunkResult:
-    """What one chunk of input rows produced. Samples wait in `pending` only until their batch is written."""
+    """What one batch, then one chunk, of input rows produced. A batch collects its samples in `samples`, then
+    `seal` turns them into one Arrow table per split (`tables`): that is what travels to the writing process."""
 
-    pending: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    samples: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    tables: dict[str, SampleTable] = field(default_factory=dict)
     rejects: list[RowError] = field(default_factory=list)
     dropped: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
@@ -74,6 +77,12 @@ class ChunkResult:
         self.dropped.extend(part.dropped)
         self.warnings.extend(part.warnings)
         self.stats += part.stats
+
+    def seal(self) -> "ChunkResult":
+        """Build the tables here, in the process that made the samples, and drop the samples."""
+        self.tables = {split: SampleTable.of(samples) for split, samples in self.samples.items() if samples}
+        self.samples = {s: [] for s in SPLITS}
+        return self
 
 
 class Processor:
@@ -122,8 +131,8 @@ class Processor:
         batches, whatever the chunk or input size."""
         result = ChunkResult()
         for part in self._batch_results(_batches(records, self.config.output.batch_size)):
-            for split, samples in part.pending.items():
-                writers[split].write(samples)
+            for split, table in part.tables.items():
+                writers[split].write(table)
             result.absorb(part)
         result.stats.rejected.update(r.reason for r in result.rejects)
         return result
@@ -163,7 +172,7 @@ class Processor:
         if admitted:
             rendered = [_render_or_error(self.renderer, c, self._checked_messages(c)) for c in admitted]
             self._process_batch(admitted, rendered, result)
-        return result
+        return result.seal()
 
     def _content_problem(self, conversation: Conversation) -> RowError | None:
         """Special tokens typed as text would be tokenized as control tokens; reserved characters break spans."""
@@ -267,7 +276,7 @@ class Processor:
         if cut.truncated:
             result.stats.notes["truncated"] += 1
         split = assign_split(conversation.id, self.config.output.eval_split, self.config.output.seed)
-        result.pending[split].append(Sample(cut.input_ids, cut.labels, conversation.id, conversation.source, conversation.row))
+        result.samples[split].append(Sample(cut.input_ids, cut.labels, conversation.id, conversation.source, conversation.row))
         result.stats.written += 1
 
 

@@ -85,9 +85,38 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class SampleTable:
+    """A batch of samples as one Arrow table with its counts. Built where the samples are made (a worker process):
+    it pickles as a few flat buffers, and the writing process only appends it."""
+
+    table: pa.Table
+    tokens: int
+    trained_tokens: int
+
+    @classmethod
+    def of(cls, samples: list[Sample]) -> "SampleTable":
+        lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
+        offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32), type=pa.int32())
+        flat_ids = np.concatenate([s.input_ids for s in samples] or [np.zeros(0)]).astype(np.int32)
+        flat_labels = np.concatenate([s.labels for s in samples] or [np.zeros(0)]).astype(np.int32)
+        table = pa.table(
+            {
+                "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32())),
+                "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, type=pa.int32())),
+                "length": pa.array(lengths.astype(np.int32), type=pa.int32()),
+                "id": pa.array([s.id for s in samples], type=pa.string()),
+                "source": pa.array([s.source for s in samples], type=pa.string()),
+                "row": pa.array([s.row for s in samples], type=pa.int64()),
+            },
+            schema=SCHEMA,
+        )
+        return cls(table, len(flat_ids), int(np.count_nonzero(flat_labels != IGNORE_INDEX)))
+
+
 class ShardWriter:
-    """One shard file written as it fills: each batch of samples becomes Arrow record batches appended to a temp
-    file, so memory holds one batch, not one shard. `close` renames it into place and returns its manifest entry."""
+    """One shard file written as it fills: each batch of samples is appended to a temp file as Arrow record
+    batches, so memory holds one batch, not one shard. `close` renames it into place and returns its manifest entry."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -96,17 +125,16 @@ class ShardWriter:
         self._writer = None
         self.rows = self.tokens = self.trained_tokens = 0
 
-    def write(self, samples: list[Sample]) -> None:
-        if not samples:
+    def write(self, batch: SampleTable) -> None:
+        if not batch.table.num_rows:
             return
         if self._writer is None:
             self._handle = open(self._tmp, "wb")
             self._writer = pa.ipc.new_stream(self._handle, SCHEMA)
-        table = _table(samples)
-        self._writer.write_table(table, max_chunksize=1000)
-        self.rows += len(samples)
-        self.tokens += int(pa.compute.sum(table["length"]).as_py())
-        self.trained_tokens += sum(int(np.count_nonzero(s.labels != IGNORE_INDEX)) for s in samples)
+        self._writer.write_table(batch.table, max_chunksize=1000)
+        self.rows += batch.table.num_rows
+        self.tokens += batch.tokens
+        self.trained_tokens += batch.trained_tokens
 
     def close(self) -> ShardInfo | None:
         """Finish the file (None when nothing was written)."""
@@ -123,29 +151,11 @@ class ShardWriter:
 def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
     """Write one whole shard file atomically and return its manifest entry."""
     writer = ShardWriter(path)
-    writer.write(samples)
+    writer.write(SampleTable.of(samples))
     info = writer.close()
     if info is None:
         raise ValueError(f"{path}: a shard needs at least one sample")
     return info
-
-
-def _table(samples: list[Sample]) -> pa.Table:
-    lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
-    offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32), type=pa.int32())
-    flat_ids = np.concatenate([s.input_ids for s in samples]).astype(np.int32)
-    flat_labels = np.concatenate([s.labels for s in samples]).astype(np.int32)
-    return pa.table(
-        {
-            "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32())),
-            "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, type=pa.int32())),
-            "length": pa.array(lengths.astype(np.int32), type=pa.int32()),
-            "id": pa.array([s.id for s in samples], type=pa.string()),
-            "source": pa.array([s.source for s in samples], type=pa.string()),
-            "row": pa.array([s.row for s in samples], type=pa.int64()),
-        },
-        schema=SCHEMA,
-    )
 
 
 def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]]) -> list[ShardInfo]:
