@@ -251,8 +251,7 @@ def _chat_messages(messages: list[ChatMessage], field: str) -> tuple[list[Messag
             calls.append(_call(m.function_call.name, m.function_call.arguments, f"{at}.function_call"))
         if calls and role != "assistant":
             raise Reject("invalid_tool_call", f"{at}.tool_calls", f"tool calls on a {m.role} message")
-        # Every field was validated by the ChatMessage schema and the checks above: no second validation.
-        out.append(Message.model_construct(
+        out.append(Message(
             role=role, content=text, reasoning_content=m.reasoning_content if m.reasoning_content is not None else reasoning,
             tool_calls=tuple(calls) or None, name=m.name, tool_call_id=m.tool_call_id, loss=loss,
         ))
