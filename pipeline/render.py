@@ -213,21 +213,27 @@ def _with_fixed_clock(template: str):
     not change from day to day. transformers caches the compiled template; its globals are the only place a
     callable can be given, so `apply_chat_template` on the same template sees the fixed date too.
 
-    The pipeline renders through an overlay of that sandbox whose attribute lookup answers `message.role` on a plain
-    dict without first raising AttributeError: the same result (a dict instance has no attribute outside `dir(dict)`),
-    at a fraction of the cost of the sandbox's general path. Its globals are a flat copy of the cached template's
-    (with the fixed clock): every render copies them into a new context, and a chain of mappings copies slowly."""
+    The pipeline renders through an overlay of that sandbox whose lookups (`message.role`, `message['tools']`) answer
+    on a plain dict without raising and catching exceptions first: the same result (a dict instance has no attribute
+    outside `dir(dict)`, so a missing key is undefined either way), at a fraction of the cost of the sandbox's general
+    path. Its globals are a flat copy of the cached template's (with the fixed clock): every render copies them into
+    a new context, and a chain of mappings copies slowly."""
     compiled = _compile_jinja_template(template)
     compiled.globals["strftime_now"] = lambda fmt: FIXED_DATE.strftime(fmt)
     environment = compiled.environment.overlay()
-    general = environment.getattr
+    general_getattr, general_getitem = environment.getattr, environment.getitem
 
     def getattr_(obj: Any, attribute: str) -> Any:
         if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
             return obj[attribute] if attribute in obj else environment.undefined(obj=obj, name=attribute)
-        return general(obj, attribute)
+        return general_getattr(obj, attribute)
 
-    environment.getattr = getattr_
+    def getitem_(obj: Any, argument: Any) -> Any:
+        if type(obj) is dict and type(argument) is str and argument not in _DICT_ATTRIBUTES:
+            return obj[argument] if argument in obj else environment.undefined(obj=obj, name=argument)
+        return general_getitem(obj, argument)
+
+    environment.getattr, environment.getitem = getattr_, getitem_
     fast = environment.from_string(template)
     fast.globals = dict(compiled.globals)  # flat: every render copies the globals into a fresh context
     return fast

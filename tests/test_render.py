@@ -126,3 +126,22 @@ def test_several_tool_calls_in_one_message_are_each_located():
     rendered = renderer(conv, frozenset({1, 4}))
     names = [rendered.text[s.start : s.end] for s in rendered.spans if s.kind == "tool_name"]
     assert names == ["get_weather", "get_time"]
+
+
+def test_fast_dict_lookups_equal_the_sandbox():
+    """The overlay's dict lookups against jinja's own sandbox (as transformers compiles it), on present and missing
+    keys, dict method names, non-string keys, dict subclasses and undefined tests."""
+    from collections import OrderedDict
+
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from pipeline.render import _with_fixed_clock
+
+    template = (
+        "{% for m in messages %}[{{ m.role }}|{{ m['role'] }}|{{ m.tools is defined }}|{{ m['tools'] is defined }}"
+        "|{{ m['items'] is defined }}|{{ m.keys is defined }}|{{ m[0] is defined }}|{{ m.get('role') }}"
+        "|{{ m['content'] | default('none') }}|{{ (m.name or 'anon') }}]{% endfor %}"
+    )
+    messages = [{"role": "user", "content": "hi", "name": ""}, {"role": "tool", 0: "zero"},
+                OrderedDict(role="assistant", items="shadow"), {"role": "x", "tools": None}]
+    assert _with_fixed_clock(template).render(messages=messages) == _compile_jinja_template(template).render(messages=messages)
