@@ -152,17 +152,29 @@ class _Job:
         return total, time.perf_counter() - start
 
 
-def _render_texts(rows: list[dict], tokenizer_dir: str) -> list[str]:
+def _render_texts(rows: list[dict], tokenizer_dir: str) -> tuple[list[str], list[str]]:
+    """The rendered texts, and the encoders the pipeline can use with this tokenizer (tiktoken: byte-level BPE)."""
     from transformers import AutoTokenizer
 
+    from pipeline.tokenize import make_encoder
+
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    encoders = ["hf"] + (["tiktoken"] if make_encoder(tok, "auto")[0].name == "tiktoken" else [])
+    return [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows], encoders
 
 
-def _line(name: str, tokens: int, seconds: float, peak: float, baseline: float | None) -> str:
+def _line(name: str, tokens: int, seconds: float, peak: float, ceiling: float, steady: float | None = None,
+          peak_ratio: float | None = None) -> str:
     rate = tokens / seconds
-    ratio = f"{rate / baseline:5.2f}x" if baseline else "  -  "
-    return f"| {name:<44} | {tokens:>11,} | {seconds:7.2f} | {rate:>11,.0f} | {ratio:>7} | {peak:8.0f} |"
+    steady_cell = f"{steady / ceiling:5.2f}x" if steady else "-"
+    ratio_cell = f"{peak_ratio:.2f}" if peak_ratio else "-"
+    return (f"| {name:<44} | {tokens:>11,} | {seconds:7.2f} | {rate:>11,.0f} | {rate / ceiling:5.2f}x | {steady_cell:>7} "
+            f"| {peak:8.0f} | {ratio_cell:>5} |")
+
+
+# Families measured when ../shared/tokenizers has them: two byte-level BPE tokenizers (tiktoken applies) and one
+# SentencePiece-style tokenizer (it does not: `auto` takes the HF tokenizer).
+FAMILIES = ("qwen2.5", "glm4", "openhermes-mistral")
 
 
 @click.command()
@@ -172,37 +184,45 @@ def _line(name: str, tokens: int, seconds: float, peak: float, baseline: float |
 def main(conversations: int, reference_sample: int, workers: int) -> None:
     """Benchmark preprocess against the tokenizer ceiling, TRL's and GLM-4's paths (tokens/s, ratios, peak RSS)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    families = [(n, SHARED / "tokenizers" / n) for n in ("qwen2.5", "glm4") if (SHARED / "tokenizers" / n).exists()]
+    families = [(n, SHARED / "tokenizers" / n) for n in FAMILIES if (SHARED / "tokenizers" / n).exists()]
     if not families:
         families = [("demo", REPO / "data" / "tokenizer")]
     rows = generate_corpus(conversations)
     with tempfile.TemporaryDirectory() as tmp:
-        data, sample = Path(tmp, "corpus.jsonl"), Path(tmp, "sample.jsonl")
+        data, small = Path(tmp, "corpus.jsonl"), Path(tmp, "small.jsonl")
         data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        small.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[: len(rows) // 10]))
+        sample = Path(tmp, "sample.jsonl")
         sample.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:reference_sample]))
-        ceilings: dict[str, float] = {}
-        click.echo(f"{conversations:,} generated conversations; reference paths on the first {reference_sample:,}; "
-                   f"{os.cpu_count()} cores")
+        click.echo(f"{conversations:,} generated conversations (the 1x runs: the first {len(rows) // 10:,}); reference "
+                   f"paths on the first {reference_sample:,}; {os.cpu_count()} cores")
         for name, tokenizer_dir in families:
             texts_file = Path(tmp, f"{name}.texts.json")
-            texts_file.write_text(json.dumps(_render_texts(rows, str(tokenizer_dir))))
+            texts, encoders = _render_texts(rows, str(tokenizer_dir))
+            texts_file.write_text(json.dumps(texts))
             ceiling_tokens, ceiling_s, ceiling_start, ceiling_peak = _in_fresh_process(
                 _Job("ceiling", texts_file=str(texts_file), tokenizer=str(tokenizer_dir)))
-            ceiling = ceilings[name] = ceiling_tokens / ceiling_s
+            ceiling = ceiling_tokens / ceiling_s
             click.echo(f"\n### {name} ({tokenizer_dir})\n")
-            click.echo("| path | tokens | seconds | tokens/s | vs ceiling | peak MiB |")
-            click.echo("|---|---:|---:|---:|---:|---:|")
-            click.echo(_line("HF tokenizer(texts) on rendered texts (ceiling)", ceiling_tokens, ceiling_s, ceiling_peak, ceiling))
+            click.echo("| path | tokens | seconds | tokens/s | vs ceiling | steady state | peak MiB | 10x/1x |")
+            click.echo("|---|---:|---:|---:|---:|---:|---:|---:|")
+            click.echo(_line("HF tokenizer(texts) on rendered texts (ceiling)", ceiling_tokens, ceiling_s, ceiling_peak,
+                             ceiling))
             click.echo(_line("the same with its start-up (import, load)", ceiling_tokens, ceiling_s + ceiling_start,
                              ceiling_peak, ceiling))
-            job = _Job("ceiling", texts_file=str(texts_file), tokenizer=str(tokenizer_dir), encoder="tiktoken")
-            tokens, seconds, _, peak = _in_fresh_process(job)
-            click.echo(_line("tiktoken encode_batch on the same texts", tokens, seconds, peak, ceiling))
-            for encoder, w in [(e, w) for e in ("hf", "tiktoken") for w in dict.fromkeys((1, workers))]:
-                out = Path(tmp, f"{name}-{encoder}-{w}")
-                job = _Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(out), workers=w, encoder=encoder)
-                tokens, seconds, peak = _in_fresh_process(job)
-                click.echo(_line(f"chatshard preprocess, {encoder}, {w} worker(s)", tokens, seconds, peak, ceiling))
+            if "tiktoken" in encoders:
+                job = _Job("ceiling", texts_file=str(texts_file), tokenizer=str(tokenizer_dir), encoder="tiktoken")
+                tokens, seconds, _, peak = _in_fresh_process(job)
+                click.echo(_line("tiktoken encode_batch on the same texts", tokens, seconds, peak, ceiling))
+            for encoder, w in [(e, w) for e in encoders for w in dict.fromkeys((1, workers))]:
+                runs = [_in_fresh_process(_Job("pipeline", data=str(path), tokenizer=str(tokenizer_dir),
+                                               out=str(Path(tmp, f"{name}-{encoder}-{w}-{size}")), workers=w,
+                                               encoder=encoder, rows_per_shard=2_000))
+                        for size, path in (("1x", small), ("10x", data))]
+                (small_tokens, small_s, small_peak), (tokens, seconds, peak) = runs
+                steady = (tokens - small_tokens) / (seconds - small_s)
+                click.echo(_line(f"chatshard preprocess, {encoder}, {w} worker(s)", tokens, seconds, peak, ceiling,
+                                 steady, peak / small_peak))
             if name == "qwen2.5":
                 import trl
 
@@ -212,32 +232,9 @@ def main(conversations: int, reference_sample: int, workers: int) -> None:
             if name == "glm4":
                 tokens, seconds, peak = _in_fresh_process(_Job("glm4", data=str(sample), tokenizer=str(tokenizer_dir)))
                 click.echo(_line("GLM-4 process_batch, per message", tokens, seconds, peak, ceiling))
-        _memory(rows, families[0][1], Path(tmp), ceilings[families[0][0]], workers)
-
-
-def _memory(rows: list[dict], tokenizer_dir: Path, tmp: Path, ceiling: float, workers: int) -> None:
-    """Peak RSS of the pipeline on 1x and 10x the input with the same shard size: memory must stay flat. The two
-    runs also give the steady-state throughput (10x minus 1x: start-up cancels out), the like of the ceiling's,
-    which is timed after its tokenizer has loaded."""
-    small = tmp / "small.jsonl"
-    small.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[: len(rows) // 10]))
-    click.echo(f"\n### memory and steady state ({tokenizer_dir.name}, tiktoken, rows_per_shard 2,000)\n")
-    click.echo("| input | workers | conversations | tokens | seconds | peak MiB |")
-    click.echo("|---|---:|---:|---:|---:|---:|")
-    summary = []
-    for w in dict.fromkeys((1, workers)):
-        peaks, runs = [], []
-        for label, data, count in (("1x", small, len(rows) // 10), ("10x", tmp / "corpus.jsonl", len(rows))):
-            job = _Job("pipeline", data=str(data), tokenizer=str(tokenizer_dir), out=str(tmp / f"mem-{label}-{w}"),
-                       workers=w, encoder="auto", rows_per_shard=2_000)
-            tokens, seconds, peak = _in_fresh_process(job)
-            peaks.append(peak)
-            runs.append((tokens, seconds))
-            click.echo(f"| {label} | {w} | {count:,} | {tokens:,} | {seconds:.2f} | {peak:.0f} |")
-        steady = (runs[1][0] - runs[0][0]) / (runs[1][1] - runs[0][1])
-        summary.append(f"{w} worker(s): peak RSS 10x / 1x {peaks[1] / peaks[0]:.2f}; steady state (10x minus 1x) "
-                       f"{steady:,.0f} tokens/s = {steady / ceiling:.2f}x the ceiling")
-    click.echo("\n" + "\n".join(f"- {line}" for line in summary))
+        click.echo("\nvs ceiling: end to end (start-up included) against the bare call, timed after its tokenizer "
+                   "loaded. steady state: the 10x run minus the 1x run, so start-up cancels as in the ceiling's "
+                   "timing. 10x/1x: peak RSS of the 10x run over the 1x run (main process).")
 
 
 if __name__ == "__main__":
