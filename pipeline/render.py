@@ -20,12 +20,7 @@ from typing import Any
 
 from functools import lru_cache
 
-from transformers.utils.chat_template_utils import _compile_jinja_template
-
-try:  # newer transformers alias reasoning fields in apply_chat_template; parity means doing what the installed one does
-    from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields
-except ImportError:  # older 5.x releases hand messages to the template as they are
-    _REASONING_FIELDS, _alias_reasoning_fields = (), None
+from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields, _compile_jinja_template
 
 from pipeline.errors import RowError
 from pipeline.template_flow import copies_text_verbatim
