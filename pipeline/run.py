@@ -105,6 +105,7 @@ class Processor:
         self.response_ids = encode(mask.response_template) if mask.response_template else None
         self.instruction_ids = encode(mask.instruction_template) if mask.instruction_template else None
         self._pool = None
+        self._froze = False
 
     def __enter__(self) -> "Processor":
         """Start the worker processes. Where the platform can fork, each worker starts as a copy of this process,
@@ -113,9 +114,12 @@ class Processor:
 
         Everything alive now (modules, tokenizer, template) lives for the whole run: `gc.freeze` takes it out of
         the garbage collector's full passes, which otherwise rescan it again and again while rows are processed
-        (about a tenth of the run's time), and keeps forked workers from copying the pages those passes touch."""
+        (about a tenth of the run's time), and keeps forked workers from copying the pages those passes touch. A
+        caller that froze objects itself manages freezing: then nothing is frozen or unfrozen here."""
         global _worker
-        gc.freeze()
+        self._froze = gc.get_freeze_count() == 0
+        if self._froze:
+            gc.freeze()
         workers = self.config.output.workers
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
             _worker = self
@@ -132,7 +136,8 @@ class Processor:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
         _worker = None
-        gc.unfreeze()
+        if self._froze:
+            gc.unfreeze()
 
     def process(self, records: Iterable[tuple[RawRecord | RowError, str]], writers: dict[str, ShardWriter]) -> ChunkResult:
         """Stream one chunk of input records (from `read_records`) into `writers`, batch by batch: memory holds a few

@@ -200,3 +200,20 @@ def test_text_with_reserved_sentinel_characters_is_rejected(tmp_path):
     data = _write(tmp_path / "chats.jsonl", [bad])
     manifest = preprocess(_config([data]), tmp_path / "out")
     assert manifest["accounting"]["rejected_reasons"] == {"reserved_character": 1}
+
+
+def test_the_collector_is_left_as_it_was_found(tmp_path):
+    """preprocess freezes its start-up objects for the run only, and leaves a caller's own freezing alone."""
+    import gc
+
+    data = _write(tmp_path / "in.jsonl", [_chat(k) for k in range(3)])
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    preprocess(_config([data]), tmp_path / "a")
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        preprocess(_config([data]), tmp_path / "b")
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
