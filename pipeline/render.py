@@ -10,6 +10,7 @@ A piece that cannot be located in the real rendering is a row error, never a gue
 """
 from __future__ import annotations
 
+import bisect
 import difflib
 import itertools
 import json
@@ -115,13 +116,19 @@ class Renderer:
         (Qwen's `<tool_call>\n{"name": "`, Qwen3's `<think>\n`): the model writes it, so it belongs to the answer."""
         if not self.generation_prompt:
             return []
+        firsts: dict[int, int] = {}
+        for span in spans:
+            if span.start < firsts.get(span.message, len(text) + 1):
+                firsts[span.message] = span.start
+        ends = sorted((span.end, span.message) for span in spans)
         openings = []
-        for index, message in enumerate(conversation.messages):
-            own = [s for s in spans if s.message == index]
-            if message.role != "assistant" or not own:
+        for index, first in sorted(firsts.items()):
+            if conversation.messages[index].role != "assistant":
                 continue
-            first = min(s.start for s in own)
-            before = max((s.end for s in spans if s.message != index and s.end <= first), default=0)
+            k = bisect.bisect_right(ends, (first, len(conversation.messages)))  # the spans ending by `first`
+            while k and ends[k - 1][1] == index:  # (only an emptied piece of this message could end there)
+                k -= 1
+            before = ends[k - 1][0] if k else 0
             found = text.rfind(self.generation_prompt, before, first)
             if found >= 0 and found + len(self.generation_prompt) < first:
                 openings.append(Span(index, "opening", found + len(self.generation_prompt), first))
