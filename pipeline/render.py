@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from functools import lru_cache
 
@@ -36,9 +36,9 @@ FIXED_DATE = datetime(2024, 1, 1)
 _MESSAGE_TOOLS = re.compile(r"(?:message|item|msg|m)\s*(?:\[\s*['\"]tools['\"]\s*\]|\.tools\b)")
 
 
-@dataclass(frozen=True)
-class Span:
-    """Characters [start, end) of the rendered text that hold one trainable piece of message `message`."""
+class Span(NamedTuple):
+    """Characters [start, end) of the rendered text that hold one trainable piece of message `message`. A named
+    tuple: a conversation makes a dozen or more, and a tuple is built in a third of a frozen dataclass's time."""
 
     message: int
     kind: str  # "content" | "reasoning" | "tool_name" | "opening" (template text before the first piece)
