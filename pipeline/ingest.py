@@ -212,7 +212,7 @@ class _TextStream:
             self.more(size)
 
 
-def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord]:
+def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
     """A JSON array (streamed element by element), a single JSON object (one record), or JSON Lines named `.json`."""
     source = str(path)
     with _open(path) as f:

@@ -225,14 +225,17 @@ def _with_fixed_clock(template: str):
     environment = compiled.environment.overlay()
     general_getattr, general_getitem = environment.getattr, environment.getitem
 
+    def value(obj: dict, key: str) -> Any:
+        return obj[key] if key in obj else environment.undefined(obj=obj, name=key)
+
     def getattr_(obj: Any, attribute: str) -> Any:
         if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
-            return obj[attribute] if attribute in obj else environment.undefined(obj=obj, name=attribute)
+            return value(obj, attribute)
         return general_getattr(obj, attribute)
 
     def getitem_(obj: Any, argument: Any) -> Any:
         if type(obj) is dict and type(argument) is str and argument not in _DICT_ATTRIBUTES:
-            return obj[argument] if argument in obj else environment.undefined(obj=obj, name=argument)
+            return value(obj, argument)
         return general_getitem(obj, argument)
 
     environment.getattr, environment.getitem = getattr_, getitem_

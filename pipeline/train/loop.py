@@ -77,17 +77,19 @@ def train(cfg: TrainConfig) -> TrainResult | None:
     else:
         rank, world = 0, 1
     try:
-        return _train(cfg, rank=rank, world=world, use_cuda=use_cuda)
+        return _train(cfg, rank=rank, world=world, device_index=local_rank if use_cuda else None)
     finally:
         if ddp:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, *, rank: int, world: int, use_cuda: bool) -> TrainResult | None:
+def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None) -> TrainResult | None:
+    """The run on this rank; `device_index` is its CUDA device (checked in `train`), None on the CPU."""
     master = rank == 0
     ddp = dist.is_initialized()
+    use_cuda = device_index is not None
     if use_cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # checked in train()
+        device = torch.device("cuda", device_index)
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
