@@ -163,6 +163,11 @@ def _render_texts(rows: list[dict], tokenizer_dir: str) -> tuple[list[str], list
     return [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows], encoders
 
 
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def _line(name: str, tokens: int, seconds: float, peak: float, ceiling: float, steady: float | None = None,
           peak_ratio: float | None = None) -> str:
     rate = tokens / seconds
@@ -189,11 +194,9 @@ def main(conversations: int, reference_sample: int, workers: int) -> None:
         families = [("demo", REPO / "data" / "tokenizer")]
     rows = generate_corpus(conversations)
     with tempfile.TemporaryDirectory() as tmp:
-        data, small = Path(tmp, "corpus.jsonl"), Path(tmp, "small.jsonl")
-        data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        small.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[: len(rows) // 10]))
-        sample = Path(tmp, "sample.jsonl")
-        sample.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:reference_sample]))
+        data = _write_jsonl(Path(tmp, "corpus.jsonl"), rows)
+        small = _write_jsonl(Path(tmp, "small.jsonl"), rows[: len(rows) // 10])
+        sample = _write_jsonl(Path(tmp, "sample.jsonl"), rows[:reference_sample])
         click.echo(f"{conversations:,} generated conversations (the 1x runs: the first {len(rows) // 10:,}); reference "
                    f"paths on the first {reference_sample:,}; {os.cpu_count()} cores")
         for name, tokenizer_dir in families:

@@ -208,9 +208,6 @@ def test_chatml_without_system_adds_no_default_prompt():
     )
 
 
-# --- llama3 ----------------------------------------------------------------------------------------------------
-
-
 # --- each built-in against the model template it is named after ------------------------------------------------
 
 OWN_TEMPLATE_CASES = [
