@@ -1,14 +1,14 @@
-"""A tiktoken encoder for byte-level BPE tokenizers that tiktoken can express exactly, and byte-based span mapping.
+"""A tiktoken encoder for byte-level BPE tokenizers that tiktoken can express exactly.
 
 Qwen2/2.5/3, Llama 3, GLM-4 and GPT-2 class tokenizers are a split regex plus byte-level BPE whose ranks are the token
 ids. tiktoken encodes those several times faster than the HF fast tokenizer. Exactness is proven, not assumed: the
 encoder is built only from a tokenizer.json it fully understands, and `build` compares it with the HF tokenizer on a
 probe set (CJK, emoji, code, whitespace runs, special tokens, mixed newlines) before it is used. Character spans map
-to tokens through byte offsets: each token's byte length comes from its id, so no offsets are needed from the encoder.
+to tokens through byte offsets (byte_spans.py): each token's byte length comes from its id, so no offsets are needed
+from the encoder.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import unicodedata
@@ -17,21 +17,9 @@ from typing import Any
 
 import numpy as np
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+from pipeline.byte_spans import ByteSpans, NotExpressible, probe_texts
 
-PROBES = [
-    "Hello, world! It's 2024 and we'll see.",
-    "你好，世界！这是一个测试。中文、日本語のテキスト、한국어 텍스트。",
-    "emoji 🙂🙃 👨‍👩‍👧‍👦 🇨🇳 flags and ZWJ",
-    "def f(x):\n    return x ** 2  # square\n\n\tif x:\r\n        pass\r\r\n",
-    "    leading and trailing spaces    \n\n\n   \t \u3000full-width space",
-    "numbers 1234567890 3.14159 -42 1e-9 ١٢٣ ⅷ",
-    '{"name": "get_weather", "arguments": {"city": "北京", "unit": "°C"}}',
-    "mixed\nnewlines\r\nand\rcarriage\u2028line\u2029para\x0bvertical\x0cfeed",
-    "Ünïcödé ñ é (composed) e\u0301 (decomposed) ﬁ ligature Ω Å",
-    "'S 'T 'RE 'VE 'M 'LL 'D don'T I'M",
-    "a" * 300 + " " + "的" * 200,
-]
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -50,51 +38,6 @@ _TO_LATIN1 = {ord(c): b for b, c in _bytes_to_unicode().items()}
 _TO_LATIN1.update({b: 0x10FFFF for b in range(256) if b not in _TO_LATIN1})
 """A byte-level token's characters -> its bytes as Latin-1 characters; the 0-255 characters outside the byte-level
 alphabet (raw spaces, controls) map to U+10FFFF, which Latin-1 cannot encode, so a non-byte-level token fails."""
-
-
-class NotExpressible(Exception):
-    """The tokenizer is not one tiktoken reproduces exactly; the message says why."""
-
-
-class ByteSpans:
-    """char_to_token / token_to_chars for one text, from token byte lengths and the text's UTF-8 layout: the two
-    methods the mask stage uses, with the semantics of a tokenizers.Encoding. The mask stage asks a handful of
-    times per message, in text order, so a character's byte offset is found by encoding only the text since the
-    previous question (an ASCII text's characters are its bytes), and tokens are found by bisecting a plain list."""
-
-    __slots__ = ("token_byte_start", "_text", "_ascii", "_cursor", "_starts", "_utf8")
-
-    def __init__(self, token_byte_start: np.ndarray, text: str):
-        self.token_byte_start = token_byte_start
-        self._text = text
-        self._ascii = text.isascii()
-        self._cursor = (0, 0)  # (character, its byte offset) of the last question
-        self._starts: list[int] | None = None
-        self._utf8: bytes | None = None
-
-    def _byte_of(self, char: int) -> int:
-        if self._ascii:
-            return char
-        last_char, last_byte = self._cursor if char >= self._cursor[0] else (0, 0)
-        byte = last_byte + len(self._text[last_char:char].encode("utf-8"))
-        self._cursor = (char, byte)
-        return byte
-
-    def char_to_token(self, char: int) -> int | None:
-        if char >= len(self._text) or not len(self.token_byte_start):
-            return None
-        if self._starts is None:
-            self._starts = self.token_byte_start.tolist()
-        return bisect.bisect_right(self._starts, self._byte_of(char)) - 1
-
-    def token_to_chars(self, token: int) -> tuple[int, int]:
-        """The character holding the token's first byte (one character: enough for the mask stage's question)."""
-        byte = int(self.token_byte_start[token])
-        if not self._ascii:
-            if self._utf8 is None:
-                self._utf8 = self._text.encode("utf-8")
-            byte = len(self._utf8[:byte].decode("utf-8", errors="ignore"))  # whole characters before that byte
-        return byte, byte + 1
 
 
 class TiktokenEncoder:
@@ -134,8 +77,7 @@ class TiktokenEncoder:
         out = []
         for text in texts:
             ids = self.encoding.encode_to_numpy(text, allowed_special="all").astype(np.int64)
-            widths = self.token_bytes[ids]
-            out.append(Encoded(ids, ByteSpans(np.cumsum(widths) - widths, text)))
+            out.append(Encoded(ids, ByteSpans.of_widths(self.token_bytes[ids], text)))
         return out
 
 
@@ -202,8 +144,7 @@ def _split_pattern(pre_tokenizer: dict | None) -> str:
 
 def _prove(encoder: TiktokenEncoder, hf_encode, special: list[str]) -> None:
     """Both encoders must give the same ids on every probe (alone, and wrapped in special tokens)."""
-    wrapped = [f"{special[k % len(special)]}{p}{special[(k + 1) % len(special)]}\n{p}" for k, p in enumerate(PROBES)] if special else []
-    probes = PROBES + wrapped
+    probes = probe_texts(special)
     # One text per call: the HF tokenizer then encodes without its thread pool, so the process can still fork
     # workers cleanly (see HFEncoder).
     expected = [hf_encode([probe])[0].input_ids.tolist() for probe in probes]

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.byte_spans import NotExpressible
 from pipeline.errors import PipelineError
+from pipeline.piece_widths import PieceWidths
 from pipeline.templates import load_template
 from schemas.config import RenderConfig
 
@@ -93,31 +95,50 @@ def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
 
 
 class HFEncoder:
-    """The HF fast tokenizer's batch call: the reference every other encoder is proven against."""
+    """The HF fast tokenizer's batch call: the reference every other encoder is proven against. With proven
+    `PieceWidths` (SentencePiece-style BPE) it encodes without tracking offsets, and maps spans from token widths."""
 
     name = "hf"
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, widths: PieceWidths | None = None):
         self.tokenizer = tokenizer
+        self.widths = widths
 
     def __call__(self, texts: list[str]) -> list[Encoded]:
-        return encode_batch(self.tokenizer, texts)
+        if self.widths is None or len(texts) < 2:
+            return encode_batch(self.tokenizer, texts)
+        covered = [self.widths.covers(t) for t in texts]
+        fast = iter(self.tokenizer.backend_tokenizer.encode_batch_fast([t for t, ok in zip(texts, covered) if ok],
+                                                                       add_special_tokens=False))
+        tracked = iter(encode_batch(self.tokenizer, [t for t, ok in zip(texts, covered) if not ok]))
+        return [self._from_widths(next(fast), text) if ok else next(tracked) for text, ok in zip(texts, covered)]
+
+    def _from_widths(self, encoding, text: str) -> Encoded:
+        ids = np.array(encoding.ids, dtype=np.int64)
+        return Encoded(ids, self.widths.spans(ids, text))
 
 
 def make_encoder(tokenizer, choice: str, threads: int | None = None) -> tuple[Any, str]:
     """The encoder for `choice` (auto | hf | tiktoken) and why it was chosen. `auto` takes tiktoken when the
-    tokenizer is byte-level BPE that tiktoken reproduces exactly on the probe set, else the HF tokenizer."""
-    from pipeline.tiktoken_encoder import NotExpressible, build
+    tokenizer is byte-level BPE that tiktoken reproduces exactly on the probe set, else the HF tokenizer, which
+    skips offset tracking when the tokenizer's token widths are proven on the probe set."""
+    from pipeline import piece_widths, tiktoken_encoder
 
     hf = HFEncoder(tokenizer)
-    if choice == "hf":
-        return hf, "requested"
+    if choice != "hf":
+        try:
+            return tiktoken_encoder.build(tokenizer, hf, threads), "byte-level BPE, identical to the HF tokenizer on every probe"
+        except NotExpressible as why:
+            if choice == "tiktoken":
+                raise PipelineError(f"--encoder tiktoken: this tokenizer cannot be encoded exactly by tiktoken: {why}") from None
+            reason = f"tiktoken not used: {why}"
+    else:
+        reason = "requested"
     try:
-        return build(tokenizer, hf, threads), "byte-level BPE, identical to the HF tokenizer on every probe"
+        widths = piece_widths.build(tokenizer, hf)
     except NotExpressible as why:
-        if choice == "tiktoken":
-            raise PipelineError(f"--encoder tiktoken: this tokenizer cannot be encoded exactly by tiktoken: {why}") from None
-        return hf, f"tiktoken not used: {why}"
+        return hf, f"{reason}; offsets tracked by the tokenizer ({why})"
+    return HFEncoder(tokenizer, widths), f"{reason}; spans from token widths, identical to its offsets on every probe"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import datasets
 import pytest
 
+from pipeline import piece_widths
+from pipeline.byte_spans import NotExpressible
 from pipeline.errors import InputError
 from pipeline.ingest import detect_format, read_conversations, resolve_inputs
 from pipeline.run import preprocess
@@ -66,3 +68,23 @@ def test_every_written_corpus_sample_equals_apply_chat_template(tmp_path, name, 
         assert ids == list(expected), f"{source}:{row}"
         if name in BYTE_LEVEL:  # these decode losslessly: the round trip gives back the rendered text
             assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False, **arguments)
+
+
+def test_sentencepiece_shards_are_the_same_bytes_with_the_tokenizers_own_offsets(tmp_path, corpus_conversations, monkeypatch):
+    """The HF path maps spans from token widths where they are proven; the tokenizer's tracked offsets, the
+    reference, must give the same shards on every corpus."""
+    config, _ = corpus_conversations
+    overrides = {"inputs": list(config.inputs), "render.tokenizer": str(shared_path("tokenizers", "openhermes-mistral")),
+                 "truncation.max_length": 10_000_000, "render.allow_special_tokens_in_content": True}
+    widths = preprocess(load_config(None, overrides), tmp_path / "widths")
+    assert "spans from token widths" in widths["encoder"]["reason"]
+
+    def refuse(tokenizer, encode_tracked):
+        raise NotExpressible("the test asks for tracked offsets")
+
+    monkeypatch.setattr(piece_widths, "build", refuse)
+    tracked = preprocess(load_config(None, overrides), tmp_path / "tracked")
+    assert "offsets tracked by the tokenizer" in tracked["encoder"]["reason"]
+    shards = lambda manifest: {n: [s["sha256"] for s in split["shards"]] for n, split in manifest["splits"].items()}  # noqa: E731
+    assert shards(widths) == shards(tracked)
+    assert widths["splits"]["train"]["trained_tokens"] > 0

@@ -8,7 +8,8 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from pipeline.errors import PipelineError
-from pipeline.tiktoken_encoder import PROBES, NotExpressible, build
+from pipeline.byte_spans import PROBES, NotExpressible
+from pipeline.tiktoken_encoder import build
 from pipeline.tokenize import HFEncoder, make_encoder
 from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
 from tests.test_tokenize import sentencepiece_style

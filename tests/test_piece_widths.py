@@ -1,0 +1,101 @@
+"""Token widths for SentencePiece-style BPE: the same span answers as the tokenizer's own offsets, or a refusal."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from tokenizers import Tokenizer, models, normalizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from pipeline import piece_widths
+from pipeline.byte_spans import PROBES, NotExpressible, same_spans
+from pipeline.tokenize import HFEncoder, make_encoder
+from tests.conftest import real_tokenizer
+from tests.test_tokenize import CORPUS
+
+SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+PREPEND_AND_REPLACE = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                           {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+REPLACE_ONLY = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+NORMALISATIONS = {  # (normalizer, pre_tokenizer) as tokenizer.json files write them
+    "prepend_replace (Llama 2, Mistral v1)": (PREPEND_AND_REPLACE, None),
+    "metaspace_first (newer conversions)": (None, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}),
+    "metaspace_never": (None, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": True}),
+    "replace_only (Gemma)": (REPLACE_ONLY, None),
+}
+TEXTS = PROBES + [
+    "<|im_start|>user\n你好 world  \n\t🙂<|im_end|>\n<|im_start|>assistant\n好的～🙂 e\u0301<|im_end|>",
+    "<s> leading space after a special token</s>", " text that starts with a space", "<|im_start|><|im_end|>", "",
+    "x", "🙂", "<|im_start|>\n\n\n", "ends with spaces   ", "Seven.<s>Seven.</s>用中文",
+]
+
+
+def sentencepiece_bpe(normalizer: dict | None, pre_tokenizer: dict | None, **added_flags) -> PreTrainedTokenizerFast:
+    """A byte-fallback BPE over `▁` pieces, as Llama 2 / Mistral v1 tokenizers are, trained on a tiny corpus."""
+    trained = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    trained.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trained.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS))
+    spec = json.loads(trained.to_str())
+    vocab = spec["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", max(vocab.values()) + 1)
+    for token in spec["added_tokens"]:
+        token.update(added_flags)
+    spec["normalizer"], spec["pre_tokenizer"] = normalizer, pre_tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>", additional_special_tokens=SPECIALS[3:])
+
+
+def _assert_same_as_offsets(tokenizer, texts: list[str]) -> None:
+    encoder, reason = make_encoder(tokenizer, "hf")
+    assert encoder.widths is not None, reason
+    tracked = HFEncoder(tokenizer)
+    for text, ours, ref in zip(texts, encoder(texts), tracked(texts)):
+        assert ours.input_ids.tolist() == ref.input_ids.tolist(), text[:30]
+        assert same_spans(ours.encoding, ref.encoding, text, len(ref.input_ids)), text[:30]
+
+
+@pytest.mark.parametrize("normalisation", NORMALISATIONS)
+def test_widths_answer_as_the_offsets_do(normalisation):
+    tokenizer = sentencepiece_bpe(*NORMALISATIONS[normalisation])
+    _assert_same_as_offsets(tokenizer, TEXTS)
+    (family,) = HFEncoder(tokenizer)(["👨‍👩‍👧‍👦"])
+    assert tokenizer.convert_ids_to_tokens(family.input_ids.tolist()).count("<0xF0>") == 4  # byte fallback is exercised
+
+
+def test_a_text_holding_a_literal_space_piece_keeps_the_tracked_offsets():
+    """In `a▁b a` a piece's `▁` could be the text's own or a space: such a text is encoded with offsets."""
+    tokenizer = sentencepiece_bpe(PREPEND_AND_REPLACE, None)
+    encoder, _ = make_encoder(tokenizer, "hf")
+    texts = ["a▁b a ▁", "plain text"]
+    out = encoder(texts)
+    assert type(out[0].encoding).__name__ == "Encoding" and type(out[1].encoding).__name__ == "ByteSpans"
+    _assert_same_as_offsets(tokenizer, texts)
+
+
+@pytest.mark.parametrize(("tokenizer", "why"), [
+    (lambda: sentencepiece_bpe(None, {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}), "prepend scheme 'always'"),
+    (lambda: sentencepiece_bpe({"type": "NFKC"}, None), "not a SentencePiece"),
+    (lambda: sentencepiece_bpe(PREPEND_AND_REPLACE, None, normalized=True), "is normalised"),
+    (lambda: sentencepiece_bpe(PREPEND_AND_REPLACE, None, lstrip=True), "strips"),
+])
+def test_tokenizers_the_rules_do_not_describe_keep_the_tracked_offsets(tokenizer, why):
+    tokenizer = tokenizer()
+    with pytest.raises(NotExpressible, match=why):
+        piece_widths.build(tokenizer, HFEncoder(tokenizer))
+    encoder, reason = make_encoder(tokenizer, "hf")
+    assert encoder.widths is None and why in reason and "offsets tracked by the tokenizer" in reason
+
+
+def test_a_rule_that_disagrees_with_the_offsets_on_a_probe_is_refused(monkeypatch):
+    """The Prepend normaliser adds `▁` to every run of text; claiming it adds none must fail the proof."""
+    monkeypatch.setattr(piece_widths, "_prefix_rule", lambda normalizer, pre_tokenizer: "none")
+    tokenizer = sentencepiece_bpe(PREPEND_AND_REPLACE, None)
+    with pytest.raises(NotExpressible, match="differ from the tokenizer's offsets on the probe"):
+        piece_widths.build(tokenizer, HFEncoder(tokenizer))
+
+
+def test_real_sentencepiece_tokenizer_uses_widths_and_answers_as_its_offsets():
+    tokenizer = real_tokenizer("openhermes-mistral")
+    _assert_same_as_offsets(tokenizer, TEXTS + [tokenizer.apply_chat_template(
+        [{"role": "user", "content": " hi  there\n\n你好"}, {"role": "assistant", "content": "🙂 ok\tdone "}], tokenize=False)])
