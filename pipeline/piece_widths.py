@@ -10,9 +10,6 @@ for a text holding a literal `▁` (there a piece's `▁` could be either).
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 
 from pipeline.byte_spans import ByteSpans, NotExpressible, probe_texts, same_spans
@@ -46,9 +43,9 @@ class PieceWidths:
         return ByteSpans.of_widths(widths, text)
 
 
-def build(tokenizer: Any, encode_tracked) -> PieceWidths:
-    """PieceWidths proven against `encode_tracked` (texts -> Encoded with the HF encodings), or NotExpressible."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+def build(spec: dict, encode_tracked) -> PieceWidths:
+    """PieceWidths for the tokenizer whose tokenizer.json is `spec`, proven against `encode_tracked` (texts ->
+    Encoded with the HF encodings), or NotExpressible."""
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise NotExpressible("not a byte-fallback BPE model")

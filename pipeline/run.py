@@ -46,6 +46,7 @@ from pipeline.shards import (
 )
 from pipeline.stats import Stats
 from pipeline.tokenize import (
+    backend_json,
     chat_template_of,
     control_token_pattern,
     load_tokenizer,
@@ -96,7 +97,9 @@ class Processor:
         self.template = chat_template_of(self.tokenizer, config.render)
         self.special_ids = frozenset(special_token_ids(self.tokenizer).tolist())
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
-        self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads)
+        self.backend_json = backend_json(self.tokenizer)
+        self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads,
+                                                        json.loads(self.backend_json))
         self.control_tokens = control_token_pattern(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
         self.limit = config.truncation.limit(config.mask.preset)
@@ -369,7 +372,7 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
     with _collector_paused():
         processor = Processor(config)
     with processor:
-        summary = tokenizer_summary(processor.tokenizer, processor.template)
+        summary = tokenizer_summary(processor.tokenizer, processor.template, processor.backend_json)
         run_key = _fingerprint({"config": config.model_dump(mode="json"), "inputs": inputs, "tokenizer": summary, "version": __version__})
         work = _prepare_work_dir(out, run_key)
         stats = Stats()

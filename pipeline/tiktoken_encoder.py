@@ -9,7 +9,6 @@ from the encoder.
 """
 from __future__ import annotations
 
-import json
 import os
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -81,12 +80,11 @@ class TiktokenEncoder:
         return out
 
 
-def build(tokenizer: Any, hf_encode, threads: int | None = None) -> TiktokenEncoder:
-    """A verified tiktoken encoder for `tokenizer` encoding on `threads` threads (default: the cores, up to 8), or
-    NotExpressible with the reason."""
+def build(spec: dict, hf_encode, threads: int | None = None) -> TiktokenEncoder:
+    """A verified tiktoken encoder for the tokenizer whose tokenizer.json is `spec`, encoding on `threads` threads
+    (default: the cores, up to 8), or NotExpressible with the reason."""
     import tiktoken
 
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model, normalizer = spec.get("model") or {}, spec.get("normalizer")
     if model.get("type") != "BPE" or model.get("byte_fallback"):
         raise NotExpressible("not a byte-level BPE model")

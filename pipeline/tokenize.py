@@ -118,16 +118,18 @@ class HFEncoder:
         return Encoded(ids, self.widths.spans(ids, text))
 
 
-def make_encoder(tokenizer, choice: str, threads: int | None = None) -> tuple[Any, str]:
+def make_encoder(tokenizer, choice: str, threads: int | None = None, spec: dict | None = None) -> tuple[Any, str]:
     """The encoder for `choice` (auto | hf | tiktoken) and why it was chosen. `auto` takes tiktoken when the
     tokenizer is byte-level BPE that tiktoken reproduces exactly on the probe set, else the HF tokenizer, which
-    skips offset tracking when the tokenizer's token widths are proven on the probe set."""
+    skips offset tracking when the tokenizer's token widths are proven on the probe set. `spec` is the tokenizer's
+    backend JSON, parsed (`backend_json`), when the caller has it already."""
     from pipeline import piece_widths, tiktoken_encoder
 
+    spec = spec if spec is not None else backend_spec(tokenizer)
     hf = HFEncoder(tokenizer)
     if choice != "hf":
         try:
-            return tiktoken_encoder.build(tokenizer, hf, threads), "byte-level BPE, identical to the HF tokenizer on every probe"
+            return tiktoken_encoder.build(spec, hf, threads), "byte-level BPE, identical to the HF tokenizer on every probe"
         except NotExpressible as why:
             if choice == "tiktoken":
                 raise PipelineError(f"--encoder tiktoken: this tokenizer cannot be encoded exactly by tiktoken: {why}") from None
@@ -135,22 +137,27 @@ def make_encoder(tokenizer, choice: str, threads: int | None = None) -> tuple[An
     else:
         reason = "requested"
     try:
-        widths = piece_widths.build(tokenizer, hf)
+        widths = piece_widths.build(spec, hf)
     except NotExpressible as why:
         return hf, f"{reason}; offsets tracked by the tokenizer ({why})"
     return HFEncoder(tokenizer, widths), f"{reason}; spans from token widths, identical to its offsets on every probe"
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of the tokenizer's vocabulary, merges and added tokens (its backend JSON), independent of paths."""
-    backend = tokenizer.backend_tokenizer.to_str()
-    return hashlib.sha256(backend.encode("utf-8")).hexdigest()
+def backend_json(tokenizer) -> str:
+    """The tokenizer's vocabulary, merges, added tokens and pipeline (its tokenizer.json), as loaded. Serialising
+    it takes a tenth of a second for a large vocabulary: start-up does it once, for the encoders and the fingerprint."""
+    return tokenizer.backend_tokenizer.to_str()
 
 
-def tokenizer_summary(tokenizer, template: str) -> dict:
-    """What the manifest records about the tokenizer: enough for the trainer to size a model without loading it."""
+def backend_spec(tokenizer) -> dict:
+    return json.loads(backend_json(tokenizer))
+
+
+def tokenizer_summary(tokenizer, template: str, backend: str) -> dict:
+    """What the manifest records about the tokenizer (`backend`: its `backend_json`): enough for the trainer to size
+    a model without loading it. The fingerprint hashes the backend JSON, so it does not depend on paths."""
     return {
-        "fingerprint": tokenizer_fingerprint(tokenizer),
+        "fingerprint": hashlib.sha256(backend.encode("utf-8")).hexdigest(),
         "class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,

@@ -79,7 +79,7 @@ def test_sentencepiece_shards_are_the_same_bytes_with_the_tokenizers_own_offsets
     widths = preprocess(load_config(None, overrides), tmp_path / "widths")
     assert "spans from token widths" in widths["encoder"]["reason"]
 
-    def refuse(tokenizer, encode_tracked):
+    def refuse(spec, encode_tracked):
         raise NotExpressible("the test asks for tracked offsets")
 
     monkeypatch.setattr(piece_widths, "build", refuse)

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from pipeline import piece_widths
 from pipeline.byte_spans import PROBES, NotExpressible, same_spans
-from pipeline.tokenize import HFEncoder, make_encoder
+from pipeline.tokenize import HFEncoder, backend_spec, make_encoder
 from tests.conftest import real_tokenizer
 from tests.test_tokenize import CORPUS
 
@@ -82,7 +82,7 @@ def test_a_text_holding_a_literal_space_piece_keeps_the_tracked_offsets():
 def test_tokenizers_the_rules_do_not_describe_keep_the_tracked_offsets(tokenizer, why):
     tokenizer = tokenizer()
     with pytest.raises(NotExpressible, match=why):
-        piece_widths.build(tokenizer, HFEncoder(tokenizer))
+        piece_widths.build(backend_spec(tokenizer), HFEncoder(tokenizer))
     encoder, reason = make_encoder(tokenizer, "hf")
     assert encoder.widths is None and why in reason and "offsets tracked by the tokenizer" in reason
 
@@ -92,7 +92,7 @@ def test_a_rule_that_disagrees_with_the_offsets_on_a_probe_is_refused(monkeypatc
     monkeypatch.setattr(piece_widths, "_prefix_rule", lambda normalizer, pre_tokenizer: "none")
     tokenizer = sentencepiece_bpe(PREPEND_AND_REPLACE, None)
     with pytest.raises(NotExpressible, match="differ from the tokenizer's offsets on the probe"):
-        piece_widths.build(tokenizer, HFEncoder(tokenizer))
+        piece_widths.build(backend_spec(tokenizer), HFEncoder(tokenizer))
 
 
 def test_real_sentencepiece_tokenizer_uses_widths_and_answers_as_its_offsets():

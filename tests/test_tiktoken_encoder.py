@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 from pipeline.errors import PipelineError
 from pipeline.byte_spans import PROBES, NotExpressible
 from pipeline.tiktoken_encoder import build
-from pipeline.tokenize import HFEncoder, make_encoder
+from pipeline.tokenize import HFEncoder, backend_spec, make_encoder
 from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
 from tests.test_tokenize import sentencepiece_style
 
@@ -19,7 +19,7 @@ TEXTS = PROBES + ["<|user|>\n你好 world  \n\t🙂<|assistant|>\n好的～🙂 
 
 def _same_as_hf(tokenizer, texts):
     hf = HFEncoder(tokenizer)
-    encoder = build(tokenizer, hf)
+    encoder = build(backend_spec(tokenizer), hf)
     for text, ours, ref in zip(texts, encoder(texts), hf(texts)):
         assert ours.input_ids.tolist() == ref.input_ids.tolist(), text[:30]
         chars = [ours.encoding.char_to_token(i) for i in range(len(text))]
@@ -44,7 +44,7 @@ def test_real_byte_level_tokenizers_equal_hf(name):
 def test_text_that_nfc_would_change_goes_to_the_hf_tokenizer():
     tokenizer = real_tokenizer("qwen2.5")  # NFC normaliser
     hf = HFEncoder(tokenizer)
-    encoder = build(tokenizer, hf)
+    encoder = build(backend_spec(tokenizer), hf)
     text = "cafe\u0301 and re\u0301sume\u0301"
     (ours,), (ref,) = encoder([text]), hf([text])
     assert ours.input_ids.tolist() == ref.input_ids.tolist()
@@ -65,7 +65,7 @@ def test_a_normaliser_that_changes_text_is_refused():
 
     changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     with pytest.raises(NotExpressible, match="NFKC"):
-        build(changed, HFEncoder(changed))
+        build(backend_spec(changed), HFEncoder(changed))
 
 
 @pytest.mark.parametrize("entry", ["a b", "tab\t", "中文"])
@@ -77,7 +77,7 @@ def test_a_vocabulary_entry_outside_the_byte_alphabet_is_refused(entry):
 
     changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     with pytest.raises(NotExpressible, match="not byte-level"):
-        build(changed, HFEncoder(changed))
+        build(backend_spec(changed), HFEncoder(changed))
 
 
 def test_any_difference_on_the_probes_means_no_tiktoken():
@@ -91,4 +91,4 @@ def test_any_difference_on_the_probes_means_no_tiktoken():
         return encoded
 
     with pytest.raises(NotExpressible, match="ids differ"):
-        build(tokenizer, slightly_off)
+        build(backend_spec(tokenizer), slightly_off)
