@@ -7,12 +7,13 @@ where trained, else -100 (the model shifts).
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from pipeline.render import Rendered
+from pipeline.token_spans import TokenSpans
 from schemas.config import MaskConfig
 from schemas.records import Conversation
 
@@ -55,44 +56,32 @@ def message_regions(rendered: Rendered, messages: list[int], *, train_eot: bool)
 
 def token_labels(
     input_ids: np.ndarray,
-    encoding: Any,
+    spans: TokenSpans,
     rendered: Rendered,
     regions: list[Region],
     *,
     special_ids: frozenset[int],
     train_everything: bool = False,
 ) -> np.ndarray:
-    """Labels for one tokenized rendering. `encoding` (a tokenizers.Encoding of the text) maps characters to
-    tokens; `special_ids` are the tokens that can end a turn. A token is trained when it holds any character of a
-    region, so a character split over several byte tokens is trained whole."""
+    """Labels for one tokenized rendering. `spans` says where characters land among its tokens; `special_ids` are
+    the tokens that can end a turn. A token is trained when it holds any character of a region, so a character split
+    over several byte tokens is trained whole."""
     if train_everything:
         return input_ids.astype(np.int32, copy=True)
     trained = np.zeros(len(input_ids), dtype=bool)
-    n_chars, n_tokens = len(rendered.text), len(input_ids)
     span_starts = sorted({s.start for s in rendered.spans})
-    for region in regions:
-        first = _first_token_from(encoding, region.start, n_chars, n_tokens)
-        after = _first_token_from(encoding, region.end, n_chars, n_tokens)
-        if after < n_tokens and encoding.token_to_chars(after)[0] < region.end:
-            after += 1  # that token also holds the region's last characters
+    # The next piece's start after each region bounds the search for its end-of-turn token.
+    nexts = [span_starts[k] if (k := bisect.bisect_left(span_starts, r.end)) < len(span_starts) else len(rendered.text)
+             for r in regions]
+    held = spans.first_holding([r.start for r in regions] + nexts)
+    afters = spans.first_starting([r.end for r in regions])
+    for region, first, after, limit in zip(regions, held, afters, held[len(regions):]):
         if first >= after:
             continue  # the region holds no token (empty text)
         trained[first:after] = True
         if region.eot:
-            later = next((s for s in span_starts if s >= region.end), None)
-            limit = n_tokens if later is None else _first_token_from(encoding, later, n_chars, n_tokens)
             _mark_end_of_turn(trained, input_ids, after, limit, special_ids)
     return np.where(trained, input_ids, IGNORE_INDEX).astype(np.int32)
-
-
-def _first_token_from(encoding: Any, position: int, n_chars: int, n_tokens: int) -> int:
-    """The first token holding a character at or after `position` (normalisers may drop characters); n_tokens
-    when there is none."""
-    for char in range(position, n_chars):
-        token = encoding.char_to_token(char)
-        if token is not None:
-            return token
-    return n_tokens
 
 
 def _mark_end_of_turn(trained: np.ndarray, input_ids: np.ndarray, start: int, limit: int, special_ids) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.byte_spans import ByteSpans, NotExpressible, probe_texts, same_spans
+from pipeline.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
 
 SPACE_PIECE = "\u2581"
 _BYTE_PIECES = {f"<0x{b:02X}>" for b in range(256)}
@@ -40,7 +40,7 @@ class PieceWidths:
                 prefixed[1:] = False
                 prefixed[0] &= not text.startswith(" ")
             widths = widths - prefixed
-        return ByteSpans.of_widths(widths, text)
+        return ByteSpans(widths, text)
 
 
 def build(spec: dict, encode_tracked) -> PieceWidths:
@@ -89,6 +89,5 @@ def _prove(pieces: PieceWidths, encode_tracked, special: list[str]) -> None:
     the HF tokenizer then encodes without its thread pool, so the process can still fork workers cleanly."""
     for probe in probe_texts(special):
         (reference,) = encode_tracked([probe])
-        ours = pieces.spans(reference.input_ids, probe)
-        if not same_spans(ours, reference.encoding, probe, len(reference.input_ids)):
+        if not same_spans(pieces.spans(reference.input_ids, probe), reference.spans, len(probe)):
             raise NotExpressible(f"token widths differ from the tokenizer's offsets on the probe {probe[:30]!r}")

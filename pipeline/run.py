@@ -249,10 +249,10 @@ class Processor:
                 pad_id=self.tokenizer.pad_token_id,
             )
         if mask.train_on_prompt:
-            return token_labels(enc.input_ids, enc.encoding, render, [], special_ids=self.special_ids, train_everything=True)
+            return token_labels(enc.input_ids, enc.spans, render, [], special_ids=self.special_ids, train_everything=True)
         chosen = trained_messages(conversation, mask)
         regions = message_regions(render, chosen, train_eot=mask.train_end_of_turn)
-        return token_labels(enc.input_ids, enc.encoding, render, regions, special_ids=self.special_ids)
+        return token_labels(enc.input_ids, enc.spans, render, regions, special_ids=self.special_ids)
 
     def _drop_oldest_turns(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray] | None:
         """Drop whole oldest rounds (system kept) until the sample fits; None if it never does."""

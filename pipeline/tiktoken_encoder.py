@@ -4,7 +4,7 @@ Qwen2/2.5/3, Llama 3, GLM-4 and GPT-2 class tokenizers are a split regex plus by
 ids. tiktoken encodes those several times faster than the HF fast tokenizer. Exactness is proven, not assumed: the
 encoder is built only from a tokenizer.json it fully understands, and `build` compares it with the HF tokenizer on a
 probe set (CJK, emoji, code, whitespace runs, special tokens, mixed newlines) before it is used. Character spans map
-to tokens through byte offsets (byte_spans.py): each token's byte length comes from its id, so no offsets are needed
+to tokens through byte offsets (token_spans.py): each token's byte length comes from its id, so no offsets are needed
 from the encoder.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.byte_spans import ByteSpans, NotExpressible, probe_texts
+from pipeline.token_spans import ByteSpans, NotExpressible, probe_texts
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -76,7 +76,7 @@ class TiktokenEncoder:
         out = []
         for text in texts:
             ids = self.encoding.encode_to_numpy(text, allowed_special="all").astype(np.int64)
-            out.append(Encoded(ids, ByteSpans.of_widths(self.token_bytes[ids], text)))
+            out.append(Encoded(ids, ByteSpans(self.token_bytes[ids], text)))
         return out
 
 

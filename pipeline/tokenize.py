@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.byte_spans import NotExpressible
+from pipeline.token_spans import NotExpressible, OffsetSpans, TokenSpans
 from pipeline.errors import PipelineError
 from pipeline.piece_widths import PieceWidths
 from pipeline.templates import load_template
@@ -22,10 +22,10 @@ from schemas.config import RenderConfig
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenized text: its ids, and the Rust encoding that maps characters to tokens and back."""
+    """One tokenized text: its ids, and where its characters land among them."""
 
     input_ids: np.ndarray
-    encoding: Any  # tokenizers.Encoding: char_to_token, token_to_chars
+    spans: TokenSpans
 
 
 def load_tokenizer(config: RenderConfig):
@@ -91,7 +91,7 @@ def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
         encodings = [backend.encode(texts[0], add_special_tokens=False)]
     else:
         encodings = backend.encode_batch(texts, add_special_tokens=False)
-    return [Encoded(np.array(e.ids, dtype=np.int64), e) for e in encodings]
+    return [Encoded(np.array(e.ids, dtype=np.int64), OffsetSpans(e, len(text))) for e, text in zip(encodings, texts)]
 
 
 class HFEncoder:

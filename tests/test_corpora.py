@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from pipeline import piece_widths
-from pipeline.byte_spans import NotExpressible
+from pipeline.token_spans import NotExpressible
 from pipeline.errors import InputError
 from pipeline.ingest import detect_format, read_conversations, resolve_inputs
 from pipeline.run import preprocess

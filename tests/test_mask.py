@@ -21,7 +21,7 @@ def labels_for(tokenizer, conv, policy=MaskConfig(), template=None):
     rendered = renderer(conv, frozenset(chosen))
     (enc,) = encode_batch(tokenizer, [rendered.text])
     regions = message_regions(rendered, chosen, train_eot=policy.train_end_of_turn)
-    return enc.input_ids, token_labels(enc.input_ids, enc.encoding, rendered, regions,
+    return enc.input_ids, token_labels(enc.input_ids, enc.spans, rendered, regions,
                                        special_ids=frozenset(special_token_ids(tokenizer).tolist()))
 
 

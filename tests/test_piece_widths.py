@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, models, normalizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from pipeline import piece_widths
-from pipeline.byte_spans import PROBES, NotExpressible, same_spans
+from pipeline.token_spans import PROBES, NotExpressible, same_spans
 from pipeline.tokenize import HFEncoder, backend_spec, make_encoder
 from tests.conftest import real_tokenizer
 from tests.test_tokenize import CORPUS
@@ -52,7 +52,7 @@ def _assert_same_as_offsets(tokenizer, texts: list[str]) -> None:
     tracked = HFEncoder(tokenizer)
     for text, ours, ref in zip(texts, encoder(texts), tracked(texts)):
         assert ours.input_ids.tolist() == ref.input_ids.tolist(), text[:30]
-        assert same_spans(ours.encoding, ref.encoding, text, len(ref.input_ids)), text[:30]
+        assert same_spans(ours.spans, ref.spans, len(text)), text[:30]
 
 
 @pytest.mark.parametrize("normalisation", NORMALISATIONS)
@@ -69,7 +69,7 @@ def test_a_text_holding_a_literal_space_piece_keeps_the_tracked_offsets():
     encoder, _ = make_encoder(tokenizer, "hf")
     texts = ["a▁b a ▁", "plain text"]
     out = encoder(texts)
-    assert type(out[0].encoding).__name__ == "Encoding" and type(out[1].encoding).__name__ == "ByteSpans"
+    assert type(out[0].spans).__name__ == "OffsetSpans" and type(out[1].spans).__name__ == "ByteSpans"
     _assert_same_as_offsets(tokenizer, texts)
 
 

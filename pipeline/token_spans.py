@@ -1,0 +1,116 @@
+"""Where characters land among tokens: the two questions the mask stage asks of an encoded text, and the probes that
+prove an encoder answers them as the HF tokenizer does.
+
+`OffsetSpans` answers from a tokenizers.Encoding's tracked offsets. `ByteSpans` answers without offsets, for the
+encoders that know each token's width in bytes of the original text from its id alone: cumulative widths give each
+token's byte range, the text's UTF-8 layout turns characters into bytes, and numpy's searchsorted answers all of a
+text's questions at once. Such an encoder is used only once `probe_texts` (CJK, emoji, code, whitespace runs, special
+tokens, mixed newlines) have shown it to agree with the tokenizer's own offsets.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+PROBES = [
+    "Hello, world! It's 2024 and we'll see.",
+    "你好，世界！这是一个测试。中文、日本語のテキスト、한국어 텍스트。",
+    "emoji 🙂🙃 👨‍👩‍👧‍👦 🇨🇳 flags and ZWJ",
+    "def f(x):\n    return x ** 2  # square\n\n\tif x:\r\n        pass\r\r\n",
+    "    leading and trailing spaces    \n\n\n   \t \u3000full-width space",
+    "numbers 1234567890 3.14159 -42 1e-9 ١٢٣ ⅷ",
+    '{"name": "get_weather", "arguments": {"city": "北京", "unit": "°C"}}',
+    "mixed\nnewlines\r\nand\rcarriage\u2028line\u2029para\x0bvertical\x0cfeed",
+    "Ünïcödé ñ é (composed) e\u0301 (decomposed) ﬁ ligature Ω Å",
+    "'S 'T 'RE 'VE 'M 'LL 'D don'T I'M",
+    "a" * 300 + " " + "的" * 200,
+]
+
+
+class NotExpressible(Exception):
+    """The tokenizer is not one this encoder reproduces exactly; the message says why."""
+
+
+def probe_texts(special: list[str]) -> list[str]:
+    """The probes alone, and wrapped in the tokenizer's special tokens (text right after a special token is where
+    tokenizers add prefix spaces and split words)."""
+    wrapped = [f"{special[k % len(special)]}{p}{special[(k + 1) % len(special)]}\n{p}" for k, p in enumerate(PROBES)]
+    return PROBES + (wrapped if special else [])
+
+
+class TokenSpans(Protocol):
+    """The mask stage's two questions, asked for several character positions at once (positions may equal the text's
+    length; the answer is then the number of tokens)."""
+
+    def first_holding(self, chars: Sequence[int]) -> list[int]:
+        """For each position, the first token holding a character at or after it."""
+
+    def first_starting(self, chars: Sequence[int]) -> list[int]:
+        """For each position, the first token whose first character is at or after it."""
+
+
+class OffsetSpans:
+    """The answers from the HF tokenizer's tracked offsets (`char_to_token`, `token_to_chars`). A character the
+    normaliser dropped belongs to no token: the next one that does is taken."""
+
+    __slots__ = ("encoding", "n_chars", "n_tokens")
+
+    def __init__(self, encoding, n_chars: int):
+        self.encoding, self.n_chars, self.n_tokens = encoding, n_chars, len(encoding.ids)
+
+    def first_holding(self, chars: Sequence[int]) -> list[int]:
+        return [self._holding(c) for c in chars]
+
+    def first_starting(self, chars: Sequence[int]) -> list[int]:
+        found = []
+        for char in chars:
+            token = self._holding(char)
+            if token < self.n_tokens and self.encoding.token_to_chars(token)[0] < char:
+                token += 1  # that token also holds characters before `char`
+            found.append(token)
+        return found
+
+    def _holding(self, position: int) -> int:
+        for char in range(position, self.n_chars):
+            token = self.encoding.char_to_token(char)
+            if token is not None:
+                return token
+        return self.n_tokens
+
+
+class ByteSpans:
+    """The answers from each token's byte range. A token may be zero bytes wide (a `▁` prefix the tokenizer added):
+    like the HF tokenizer, which aligns it to the next character, it then counts as holding that character."""
+
+    __slots__ = ("_starts", "_ends", "_text")
+
+    def __init__(self, widths: np.ndarray, text: str):
+        ends = np.cumsum(widths)
+        self._starts = ends - widths
+        self._ends = np.maximum(ends, self._starts + 1)  # a zero-width token holds the character at its position
+        self._text = text
+
+    def first_holding(self, chars: Sequence[int]) -> list[int]:
+        return np.searchsorted(self._ends, self._bytes_of(chars), side="right").tolist()
+
+    def first_starting(self, chars: Sequence[int]) -> list[int]:
+        return np.searchsorted(self._starts, self._bytes_of(chars), side="left").tolist()
+
+    def _bytes_of(self, chars: Sequence[int]) -> list[int]:
+        """Byte offsets of character positions; an ASCII text's characters are its bytes, otherwise only the text up
+        to the furthest position is encoded, in order."""
+        if self._text.isascii():
+            return list(chars)
+        offsets, last_char, last_byte = {}, 0, 0
+        for char in sorted(set(chars)):
+            last_byte += len(self._text[last_char:char].encode("utf-8"))
+            offsets[char], last_char = last_byte, char
+        return [offsets[c] for c in chars]
+
+
+def same_spans(ours: TokenSpans, reference: TokenSpans, n_chars: int) -> bool:
+    """Whether `ours` answers both questions as `reference` does for every position of an `n_chars` text."""
+    every = range(n_chars + 1)
+    return ours.first_holding(every) == reference.first_holding(every) and \
+        ours.first_starting(every) == reference.first_starting(every)
