@@ -221,11 +221,17 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+_ROLE_AND_TEXT = frozenset({"role", "content"})
+
+
 def _chat_messages(messages: list[ChatMessage], field: str) -> tuple[list[Message], tuple[dict, ...] | None, bool]:
     """GLM-4 / ChatGLM3 / OpenAI messages -> (messages, tools found on a message, whether a message had `tools`)."""
     out: list[Message] = []
     tools, had_tools = None, False
     for i, m in enumerate(messages):
+        if m.model_fields_set == _ROLE_AND_TEXT and type(m.content) is str and m.role in ROLES:
+            out.append(Message(role=ROLES[m.role], content=m.content))  # the common turn: what the steps below give it
+            continue
         at = f"{field}.{i}"
         if m.image is not None:
             raise Reject("unsupported_content", f"{at}.image", "images are not supported (text only)")

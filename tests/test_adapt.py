@@ -299,3 +299,19 @@ def test_csv_messages_column():
 )
 def test_detect_record_format(record, fmt):
     assert detect_record_format(record) == fmt
+
+
+@pytest.mark.parametrize("fmt", ["openai", "glm"])
+def test_plain_turns_adapt_as_turns_that_spell_out_their_defaults(fmt):
+    """A turn giving only `role` and a string `content` takes a short path; spelling out a default field (`name:
+    null`) sends the same turn through every adapter step, and the result must not differ."""
+    from pipeline.adapt import ROLES
+
+    turns = [{"role": "user", "content": ""}] + [{"role": role, "content": f"text of {role} ✓"} for role in ROLES] + \
+        [{"role": "assistant", "content": "a"}]
+    plain = ok({"messages": turns}, fmt)
+    spelled = ok({"messages": [{**t, "name": None, "loss": None} for t in turns]}, fmt)
+    assert plain.messages == spelled.messages
+    assert [m.role for m in plain.messages] == ["user", *ROLES.values(), "assistant"]
+    unknown = err({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "a"}]}, fmt)
+    assert (unknown.reason, unknown.field) == ("unknown_role", "messages.0.role")
