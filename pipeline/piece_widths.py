@@ -49,6 +49,8 @@ def build(spec: dict, encode_tracked) -> PieceWidths:
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise NotExpressible("not a byte-fallback BPE model")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise NotExpressible("its pieces carry subword markers that are not text")
     prefix = _prefix_rule(spec.get("normalizer"), spec.get("pre_tokenizer"))
     vocab: dict[str, int] = model["vocab"]
     if not _BYTE_PIECES <= vocab.keys() or SPACE_PIECE not in vocab:

@@ -87,6 +87,15 @@ def test_tokenizers_the_rules_do_not_describe_keep_the_tracked_offsets(tokenizer
     assert encoder.widths is None and why in reason and "offsets tracked by the tokenizer" in reason
 
 
+@pytest.mark.parametrize("marker", [{"continuing_subword_prefix": "##"}, {"end_of_word_suffix": "</w>"}])
+def test_pieces_with_subword_markers_are_refused(marker):
+    tokenizer = sentencepiece_bpe(PREPEND_AND_REPLACE, None)
+    spec = backend_spec(tokenizer)
+    spec["model"].update(marker)
+    with pytest.raises(NotExpressible, match="subword markers"):
+        piece_widths.build(spec, HFEncoder(tokenizer))
+
+
 def test_a_rule_that_disagrees_with_the_offsets_on_a_probe_is_refused(monkeypatch):
     """The Prepend normaliser adds `▁` to every run of text; claiming it adds none must fail the proof."""
     monkeypatch.setattr(piece_widths, "_prefix_rule", lambda normalizer, pre_tokenizer: "none")
