@@ -8,6 +8,7 @@ where trained, else -100 (the model shifts).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,7 @@ def trained_messages(conversation: Conversation, policy: MaskConfig) -> list[int
     return chosen
 
 
-def message_regions(rendered: Rendered, messages: list[int], *, train_eot: bool) -> list[Region]:
+def message_regions(rendered: Rendered, messages: Collection[int], *, train_eot: bool) -> list[Region]:
     """The hull of each chosen message's spans, in rendered-text characters."""
     hulls: dict[int, list[int]] = {}
     for span in rendered.spans:
@@ -73,8 +74,7 @@ def token_labels(
     # The next piece's start after each region bounds the search for its end-of-turn token.
     nexts = [span_starts[k] if (k := bisect.bisect_left(span_starts, r.end)) < len(span_starts) else len(rendered.text)
              for r in regions]
-    held = spans.first_holding([r.start for r in regions] + nexts)
-    afters = spans.first_starting([r.end for r in regions])
+    held, afters = spans.locate([r.start for r in regions] + nexts, [r.end for r in regions])
     for region, first, after, limit in zip(regions, held, afters, held[len(regions):]):
         if first >= after:
             continue  # the region holds no token (empty text)

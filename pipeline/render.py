@@ -29,7 +29,6 @@ from schemas.records import Conversation, Message
 
 OPEN, CLOSE, END = "\U000f0000", "\U000f0001", "\U000f0002"
 _SENTINEL = re.compile(f"([{OPEN}{CLOSE}])(\\d+){END}")
-_RESERVED = re.compile(f"[{OPEN}{CLOSE}{END}]")
 FIXED_DATE = datetime(2024, 1, 1)
 """What `strftime_now` returns inside templates, so that renderings are reproducible."""
 
@@ -326,9 +325,7 @@ def _template_error(conversation: Conversation, message: str, field_path: str = 
     )
 
 
-def contains_reserved_characters(conversation: Conversation) -> bool:
-    """True when the data itself holds a sentinel character (it would corrupt the spans)."""
-    return any(
-        _RESERVED.search(m.content) or (m.reasoning_content and _RESERVED.search(m.reasoning_content))
-        for m in conversation.messages
-    )
+def holds_reserved_characters(text: str) -> bool:
+    """True when the data itself holds a sentinel character (it would corrupt the spans). Three substring checks:
+    a text with no character beyond U+FFFF (almost all) cannot hold one, and `in` answers that at once."""
+    return OPEN in text or CLOSE in text or END in text

@@ -30,7 +30,7 @@ from pipeline.ingest import RawRecord, detect_format, read_records, resolve_inpu
 from pipeline.mask import message_regions, token_labels, trained_messages
 from pipeline.presets import glm4_rows, trl_completion_labels
 from pipeline.progress import progress
-from pipeline.render import Rendered, Renderer, contains_reserved_characters, renderer_args
+from pipeline.render import Rendered, Renderer, holds_reserved_characters, renderer_args
 from pipeline.shards import (
     MANIFEST,
     MANIFEST_VERSION,
@@ -48,7 +48,7 @@ from pipeline.stats import Stats
 from pipeline.tokenize import (
     backend_json,
     chat_template_of,
-    control_token_pattern,
+    control_tokens,
     load_tokenizer,
     make_encoder,
     save_tokenizer,
@@ -100,7 +100,7 @@ class Processor:
         self.backend_json = backend_json(self.tokenizer)
         self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads,
                                                         json.loads(self.backend_json))
-        self.control_tokens = control_token_pattern(self.tokenizer, self.template)
+        self.control_tokens = control_tokens(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
         self.limit = config.truncation.limit(config.mask.preset)
         mask = config.mask
@@ -186,15 +186,21 @@ class Processor:
             else:
                 admitted.append(item)
         if admitted:
-            rendered = [_render_or_error(self.renderer, c, self._checked_messages(c)) for c in admitted]
-            self._process_batch(admitted, rendered, result)
+            trained = [self._checked_messages(c) for c in admitted]
+            rendered = [_render_or_error(self.renderer, c, t) for c, t in zip(admitted, trained)]
+            self._process_batch(admitted, trained, rendered, result)
         return result.seal()
 
     def _content_problem(self, conversation: Conversation) -> RowError | None:
-        """Special tokens typed as text would be tokenized as control tokens; reserved characters break spans."""
-        if contains_reserved_characters(conversation):
+        """Special tokens typed as text would be tokenized as control tokens; reserved characters break spans.
+        All the texts are searched at once first (joined by NUL, which no token or reserved character holds); only a
+        conversation with a hit is searched text by text, to name the field."""
+        texts = "\0".join(t for m in conversation.messages for t in (m.content, m.reasoning_content) if t)
+        if holds_reserved_characters(texts):
             return _row_error(conversation, "reserved_character", "messages", "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves")
         if self.control_tokens is None or self.config.render.allow_special_tokens_in_content:
+            return None
+        if self.control_tokens.search(texts) is None:
             return None
         for index, message in enumerate(conversation.messages):
             for field_name, text in (("content", message.content), ("reasoning_content", message.reasoning_content)):
@@ -210,24 +216,26 @@ class Processor:
         return None
 
     def _checked_messages(self, conversation: Conversation) -> frozenset[int]:
-        """The messages whose text the mask takes from the rendering, so the renderer must find them verbatim."""
+        """The messages whose text the mask takes from the rendering, so the renderer must find them verbatim: under
+        the default mask, the trained messages (none otherwise)."""
         mask = self.config.mask
         if mask.preset != "default" or mask.train_on_prompt:
             return frozenset()
         return frozenset(trained_messages(conversation, mask))
 
-    def _process_batch(self, conversations: list[Conversation], rendered: list[Rendered | RowError], result: ChunkResult) -> None:
+    def _process_batch(self, conversations: list[Conversation], trained: list[frozenset[int]],
+                       rendered: list[Rendered | RowError], result: ChunkResult) -> None:
         for conversation, outcome in zip(conversations, rendered):
             if isinstance(outcome, RowError):
                 outcome.raw = conversation.model_dump(mode="json", exclude_none=True)
-        ok = [(c, r) for c, r in zip(conversations, rendered) if not isinstance(r, RowError)]
+        ok = [(c, t, r) for c, t, r in zip(conversations, trained, rendered) if not isinstance(r, RowError)]
         result.rejects.extend(r for r in rendered if isinstance(r, RowError))
-        encoded = self.encode([r.text for _, r in ok])
+        encoded = self.encode([r.text for _, _, r in ok])
         if self.config.mask.preset == "glm4":
-            self._glm4_batch(ok, encoded, result)
+            self._glm4_batch([c for c, _, _ in ok], encoded, result)
             return
-        for (conversation, render), enc in zip(ok, encoded):
-            labels = self._labels(conversation, render, enc)
+        for (conversation, chosen, render), enc in zip(ok, encoded):
+            labels = self._labels(render, enc, chosen)
             ids = enc.input_ids
             if self.config.mask.append_eos and self.tokenizer.eos_token_id is not None:
                 ids = np.append(ids, self.tokenizer.eos_token_id)
@@ -239,7 +247,8 @@ class Processor:
                     result.stats.notes["turns_dropped"] += 1
             self._emit(conversation, ids, labels, result)
 
-    def _labels(self, conversation: Conversation, render: Rendered, enc) -> np.ndarray:
+    def _labels(self, render: Rendered, enc, chosen: frozenset[int]) -> np.ndarray:
+        """Labels under the mask policy; `chosen`: the trained messages (`_checked_messages`) under the default mask."""
         mask = self.config.mask
         if mask.preset == "trl_completion_only":
             return trl_completion_labels(
@@ -250,7 +259,6 @@ class Processor:
             )
         if mask.train_on_prompt:
             return token_labels(enc.input_ids, enc.spans, render, [], special_ids=self.special_ids, train_everything=True)
-        chosen = trained_messages(conversation, mask)
         regions = message_regions(render, chosen, train_eot=mask.train_end_of_turn)
         return token_labels(enc.input_ids, enc.spans, render, regions, special_ids=self.special_ids)
 
@@ -258,18 +266,19 @@ class Processor:
         """Drop whole oldest rounds (system kept) until the sample fits; None if it never does."""
         current = drop_oldest_turn(conversation)
         while current is not None:
-            render = _render_or_error(self.renderer, current, self._checked_messages(current))
+            chosen = self._checked_messages(current)
+            render = _render_or_error(self.renderer, current, chosen)
             if isinstance(render, RowError):
                 return None
             (enc,) = self.encode([render.text])
             if len(enc.input_ids) <= self.limit:
-                return enc.input_ids, self._labels(current, render, enc)
+                return enc.input_ids, self._labels(render, enc, chosen)
             current = drop_oldest_turn(current)
         return None
 
-    def _glm4_batch(self, ok: list[tuple[Conversation, Rendered]], encoded, result: ChunkResult) -> None:
-        rows = glm4_rows(self.renderer, self.tokenizer, self.encode, [c for c, _ in ok])
-        for (conversation, _), enc, (ids, labels) in zip(ok, encoded, rows):
+    def _glm4_batch(self, conversations: list[Conversation], encoded, result: ChunkResult) -> None:
+        rows = glm4_rows(self.renderer, self.tokenizer, self.encode, conversations)
+        for conversation, enc, (ids, labels) in zip(conversations, encoded, rows):
             if not np.array_equal(ids[:-1], enc.input_ids):
                 result.stats.notes["glm4_per_message_differs"] += 1
                 result.warnings.append(

@@ -40,14 +40,12 @@ def probe_texts(special: list[str]) -> list[str]:
 
 
 class TokenSpans(Protocol):
-    """The mask stage's two questions, asked for several character positions at once (positions may equal the text's
-    length; the answer is then the number of tokens)."""
+    """The mask stage's two questions, asked for all of a text's character positions at once (a position may equal
+    the text's length; the answer is then the number of tokens)."""
 
-    def first_holding(self, chars: Sequence[int]) -> list[int]:
-        """For each position, the first token holding a character at or after it."""
-
-    def first_starting(self, chars: Sequence[int]) -> list[int]:
-        """For each position, the first token whose first character is at or after it."""
+    def locate(self, holding: Sequence[int], starting: Sequence[int]) -> tuple[list[int], list[int]]:
+        """For each position in `holding`, the first token holding a character at or after it; for each position in
+        `starting`, the first token whose first character is at or after it."""
 
 
 class OffsetSpans:
@@ -59,17 +57,14 @@ class OffsetSpans:
     def __init__(self, encoding, n_chars: int):
         self.encoding, self.n_chars, self.n_tokens = encoding, n_chars, len(encoding.ids)
 
-    def first_holding(self, chars: Sequence[int]) -> list[int]:
-        return [self._holding(c) for c in chars]
+    def locate(self, holding: Sequence[int], starting: Sequence[int]) -> tuple[list[int], list[int]]:
+        return [self._holding(c) for c in holding], [self._starting(c) for c in starting]
 
-    def first_starting(self, chars: Sequence[int]) -> list[int]:
-        found = []
-        for char in chars:
-            token = self._holding(char)
-            if token < self.n_tokens and self.encoding.token_to_chars(token)[0] < char:
-                token += 1  # that token also holds characters before `char`
-            found.append(token)
-        return found
+    def _starting(self, char: int) -> int:
+        token = self._holding(char)
+        if token < self.n_tokens and self.encoding.token_to_chars(token)[0] < char:
+            token += 1  # that token also holds characters before `char`
+        return token
 
     def _holding(self, position: int) -> int:
         for char in range(position, self.n_chars):
@@ -91,11 +86,10 @@ class ByteSpans:
         self._ends = np.maximum(ends, self._starts + 1)  # a zero-width token holds the character at its position
         self._text = text
 
-    def first_holding(self, chars: Sequence[int]) -> list[int]:
-        return np.searchsorted(self._ends, self._bytes_of(chars), side="right").tolist()
-
-    def first_starting(self, chars: Sequence[int]) -> list[int]:
-        return np.searchsorted(self._starts, self._bytes_of(chars), side="left").tolist()
+    def locate(self, holding: Sequence[int], starting: Sequence[int]) -> tuple[list[int], list[int]]:
+        offsets = self._bytes_of([*holding, *starting])
+        return (np.searchsorted(self._ends, offsets[: len(holding)], side="right").tolist(),
+                np.searchsorted(self._starts, offsets[len(holding) :], side="left").tolist())
 
     def _bytes_of(self, chars: Sequence[int]) -> list[int]:
         """Byte offsets of character positions; an ASCII text's characters are its bytes, otherwise only the text up
@@ -112,5 +106,4 @@ class ByteSpans:
 def same_spans(ours: TokenSpans, reference: TokenSpans, n_chars: int) -> bool:
     """Whether `ours` answers both questions as `reference` does for every position of an `n_chars` text."""
     every = range(n_chars + 1)
-    return ours.first_holding(every) == reference.first_holding(every) and \
-        ours.first_starting(every) == reference.first_starting(every)
+    return ours.locate(every, every) == reference.locate(every, every)

@@ -110,13 +110,17 @@ def test_drop_oldest_turns_keeps_the_system_message_and_the_latest_round(tmp_pat
 def test_special_tokens_typed_as_text_are_rejected_unless_allowed(tmp_path):
     sneaky = {"messages": [{"role": "user", "content": "say <|assistant|> please"},
                            {"role": "assistant", "content": "ok"}]}
-    data = _write(tmp_path / "chats.jsonl", [_chat(1), sneaky])
+    in_reasoning = {"messages": [{"role": "user", "content": "hi"},
+                                 {"role": "assistant", "content": "ok", "reasoning_content": "then <|user|>"}]}
+    split = {"messages": [{"role": "user", "content": "ends with <|assis"}, {"role": "assistant", "content": "tant|> ok"}]}
+    data = _write(tmp_path / "chats.jsonl", [_chat(1), sneaky, in_reasoning, split])
     manifest = preprocess(_config([data]), tmp_path / "a")
-    assert manifest["accounting"]["rejected_reasons"] == {"special_token_in_content": 1}
-    reject = json.loads((tmp_path / "a" / "rejects.jsonl").read_text())
-    assert reject["field"] == "messages.0.content" and reject["row"] == 2 and "<|assistant|>" in reject["message"]
+    assert manifest["accounting"]["rejected_reasons"] == {"special_token_in_content": 2}
+    rejects = [json.loads(line) for line in (tmp_path / "a" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["field"]) for r in rejects] == [(2, "messages.0.content"), (3, "messages.1.reasoning_content")]
+    assert "<|assistant|>" in rejects[0]["message"]
     allowed = preprocess(_config([data], **{"render.allow_special_tokens_in_content": True}), tmp_path / "b")
-    assert allowed["accounting"]["written"] == 2
+    assert allowed["accounting"]["written"] == 4
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])

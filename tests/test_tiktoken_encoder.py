@@ -24,7 +24,8 @@ def _same_as_hf(tokenizer, texts):
         assert ours.input_ids.tolist() == ref.input_ids.tolist(), text[:30]
         assert same_spans(ours.spans, ref.spans, len(text)), text[:30]
         backwards = range(len(text), -1, -1)  # questions out of order
-        assert ours.spans.first_holding(backwards) == ref.spans.first_holding(range(len(text) + 1))[::-1], text[:30]
+        assert ours.spans.locate(backwards, backwards) == tuple(
+            answers[::-1] for answers in ref.spans.locate(range(len(text) + 1), range(len(text) + 1))), text[:30]
 
 
 def test_demo_tokenizer_ids_and_span_maps_equal_hf():

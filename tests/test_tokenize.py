@@ -52,22 +52,21 @@ def test_encode_batch_equals_the_tokenizer_call_and_maps_every_character():
     encoded = encode_batch(tokenizer, texts)
     assert [e.input_ids.tolist() for e in encoded] == tokenizer(texts, add_special_tokens=False)["input_ids"]
     first, n_tokens = encoded[0], len(encoded[0].input_ids)
-    tokens = first.spans.first_holding(range(len(texts[0]) + 1))
+    tokens, starting = first.spans.locate(range(len(texts[0]) + 1), [0, len(texts[0])])
     assert tokens[0] == 0 and tokens[-2] == n_tokens - 1 and tokens[-1] == n_tokens and tokens == sorted(tokens)
-    assert first.spans.first_starting([0, len(texts[0])]) == [0, n_tokens]
-    assert encoded[1].spans.first_holding([0]) == encoded[1].spans.first_starting([0]) == [0]
+    assert starting == [0, n_tokens]
+    assert encoded[1].spans.locate([0], [0]) == ([0], [0])
 
 
 def test_a_character_the_normaliser_drops_maps_to_the_next_token():
-    """`first_holding` of a dropped character is the first token holding a later one; `first_starting` of the
-    position after a token is the next token, even when the characters between them were dropped."""
+    """The first token holding a dropped character is the first holding a later one; the first token starting at
+    the position after a token is the next token, even when the characters between them were dropped."""
     tokenizer = Tokenizer(models.WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Replace("~", "")
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     (encoded,) = encode_batch(PreTrainedTokenizerFast(tokenizer_object=tokenizer), ["a ~~b~"])
     assert encoded.input_ids.tolist() == [0, 1]
-    assert encoded.spans.first_holding([0, 1, 2, 3, 4, 5, 6]) == [0, 1, 1, 1, 1, 2, 2]
-    assert encoded.spans.first_starting([0, 1, 2, 4, 5, 6]) == [0, 1, 1, 1, 2, 2]
+    assert encoded.spans.locate([0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 4, 5, 6]) == ([0, 1, 1, 1, 1, 2, 2], [0, 1, 1, 1, 2, 2])
 
 
 def test_special_token_ids_include_added_special_tokens():
