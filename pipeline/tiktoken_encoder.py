@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.token_spans import ByteSpans, NotExpressible, probe_texts
+from pipeline.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -141,12 +141,14 @@ def _split_pattern(pre_tokenizer: dict | None) -> str:
 
 
 def _prove(encoder: TiktokenEncoder, hf_encode, special: list[str]) -> None:
-    """Both encoders must give the same ids on every probe (alone, and wrapped in special tokens)."""
+    """Both encoders must give the same ids on every probe (alone, and wrapped in special tokens), and the same span
+    answers (a tokenizer whose offsets leave out whitespace, `trim_offsets`, answers differently from byte ranges)."""
     probes = probe_texts(special)
     # One text per call: the HF tokenizer then encodes without its thread pool, so the process can still fork
     # workers cleanly (see HFEncoder).
-    expected = [hf_encode([probe])[0].input_ids.tolist() for probe in probes]
-    got = [e.input_ids.tolist() for e in encoder(probes)]
-    for probe, want, have in zip(probes, expected, got):
-        if want != have:
+    expected = [hf_encode([probe])[0] for probe in probes]
+    for probe, want, have in zip(probes, expected, encoder(probes)):
+        if want.input_ids.tolist() != have.input_ids.tolist():
             raise NotExpressible(f"ids differ from the HF tokenizer on the probe {probe[:30]!r}")
+        if not same_spans(have.spans, want.spans, len(probe)):
+            raise NotExpressible(f"span answers differ from the HF tokenizer's offsets on the probe {probe[:30]!r}")

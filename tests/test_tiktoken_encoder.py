@@ -78,6 +78,20 @@ def test_a_vocabulary_entry_outside_the_byte_alphabet_is_refused(entry):
         build(backend_spec(changed), HFEncoder(changed))
 
 
+def test_offsets_that_leave_out_whitespace_mean_no_tiktoken():
+    """With `trim_offsets` the tokenizer's offsets of `Ġword` start at `w`, not at the space the token holds: the ids
+    are the same, the span answers are not, and the shards would differ. The HF encoder keeps its offsets."""
+    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
+    spec["post_processor"]["trim_offsets"] = True
+    from tokenizers import Tokenizer
+
+    changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    with pytest.raises(NotExpressible, match="span answers differ"):
+        build(backend_spec(changed), HFEncoder(changed))
+    encoder, reason = make_encoder(changed, "auto")
+    assert encoder.name == "hf" and "span answers differ" in reason
+
+
 def test_any_difference_on_the_probes_means_no_tiktoken():
     tokenizer = demo_tokenizer()
     hf = HFEncoder(tokenizer)
