@@ -1,14 +1,20 @@
-"""Token widths for SentencePiece-style BPE tokenizers, so the HF tokenizer can encode without tracking offsets.
+"""Token widths from ids, so the HF tokenizer can encode without tracking offsets.
 
-Llama 2, Mistral v1, OpenHermes, Zephyr, TinyLlama and Gemma class tokenizers are BPE over pieces where `▁` stands
-for a space, with byte-fallback tokens `<0xNN>` for anything else, and a `▁` prefix added to the text. Tracking
-character offsets through that normalisation is a fifth of the HF tokenizer's time; yet every token's width in
-bytes of the original text follows from its id: its piece with `▁` read as a space, one byte for a byte token, and
-one byte less for the token that carries an added prefix. The widths are used only for a tokenizer.json these rules
-fully describe, only once they give the same span answers as the tokenizer's own offsets on every probe, and never
-for a text holding a literal `▁` (there a piece's `▁` could be either).
+Tracking character offsets through a tokenizer's normalisation is about a fifth of its time, yet for two families of
+BPE tokenizers every token's width in bytes of the original text follows from its id alone:
+- byte-level BPE (GPT-2, Qwen, Llama 3, GLM-4, DeepSeek, StarCoder class): a piece's characters stand for one byte
+  each. This serves the byte-level tokenizers tiktoken cannot express (several split regexes in sequence) and
+  `--encoder hf`;
+- SentencePiece-style BPE (Llama 2, Mistral v1, OpenHermes, Zephyr, TinyLlama, Gemma class): pieces where `▁` stands
+  for a space, byte-fallback tokens `<0xNN>` for anything else, and a `▁` prefix the tokenizer adds: a piece with `▁`
+  read as a space, one byte for a byte token, one byte less for the token that carries an added prefix.
+The widths are used only for a tokenizer.json these rules fully describe, only once they give the same span answers
+as the tokenizer's own offsets on every probe, and not for a text the tokenizer would change or read ambiguously: one
+that is not NFC-normalised under an NFC tokenizer, or one holding a literal `▁` (a piece's `▁` could then be either).
 """
 from __future__ import annotations
+
+import unicodedata
 
 import numpy as np
 
@@ -18,16 +24,44 @@ SPACE_PIECE = "\u2581"
 _BYTE_PIECES = {f"<0x{b:02X}>" for b in range(256)}
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte <-> printable character table of byte-level BPE (GPT-2)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+_TO_LATIN1 = {ord(c): b for b, c in _bytes_to_unicode().items()}
+_TO_LATIN1.update({b: 0x10FFFF for b in range(256) if b not in _TO_LATIN1})
+"""A byte-level token's characters -> its bytes as Latin-1 characters; the 0-255 characters outside the byte-level
+alphabet (raw spaces, controls) map to U+10FFFF, which Latin-1 cannot encode, so a non-byte-level token fails."""
+
+
+def byte_level_bytes(piece: str) -> bytes:
+    """The bytes a byte-level BPE piece stands for; NotExpressible when a character is outside the byte alphabet."""
+    try:
+        return piece.translate(_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:
+        raise NotExpressible(f"vocabulary entry {piece!r} is not byte-level") from None
+
+
 class PieceWidths:
-    """Each token's width in bytes of the text it came from, and where the tokenizer adds a `▁` prefix: to every
-    run of text between added tokens (`every_run`), to the text's start (`text_start`), or nowhere (`none`)."""
+    """Each token's width in bytes of the text it came from; where the tokenizer adds a `▁` prefix: to every run of
+    text between added tokens (`every_run`), to the text's start (`text_start`), or nowhere (`none`); and which texts
+    the widths describe (`covers`)."""
 
-    def __init__(self, widths: np.ndarray, added: np.ndarray, prefix: str):
+    def __init__(self, widths: np.ndarray, added: np.ndarray, prefix: str, *, ambiguous: str | None, nfc: bool):
         self.widths, self.added, self.prefix = widths, added, prefix
+        self.ambiguous, self.nfc = ambiguous, nfc
 
-    @staticmethod
-    def covers(text: str) -> bool:
-        return SPACE_PIECE not in text
+    def covers(self, text: str) -> bool:
+        return (self.ambiguous is None or self.ambiguous not in text) and (
+            not self.nfc or unicodedata.is_normalized("NFC", text))
 
     def spans(self, ids: np.ndarray, text: str) -> ByteSpans:
         widths = self.widths[ids]
@@ -47,25 +81,57 @@ def build(spec: dict, encode_tracked) -> PieceWidths:
     """PieceWidths for the tokenizer whose tokenizer.json is `spec`, proven against `encode_tracked` (texts ->
     Encoded with the HF encodings), or NotExpressible."""
     model = spec.get("model") or {}
-    if model.get("type") != "BPE" or not model.get("byte_fallback"):
-        raise NotExpressible("not a byte-fallback BPE model")
+    if model.get("type") != "BPE":
+        raise NotExpressible("not a BPE model")
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise NotExpressible("its pieces carry subword markers that are not text")
-    prefix = _prefix_rule(spec.get("normalizer"), spec.get("pre_tokenizer"))
     vocab: dict[str, int] = model["vocab"]
-    if not _BYTE_PIECES <= vocab.keys() or SPACE_PIECE not in vocab:
-        raise NotExpressible("byte-fallback tokens or the ▁ piece are missing from the vocabulary")
-    size = max([*vocab.values(), *(a["id"] for a in spec.get("added_tokens", []))]) + 1
+    added_tokens = spec.get("added_tokens", [])
+    size = max([*vocab.values(), *(a["id"] for a in added_tokens)]) + 1
     widths, added = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=bool)
-    for piece, token in vocab.items():
-        widths[token] = 1 if piece in _BYTE_PIECES else len(piece.replace(SPACE_PIECE, " ").encode("utf-8"))
-    for token in spec.get("added_tokens", []):
-        if token.get("lstrip") or token.get("rstrip") or token.get("single_word") or token.get("normalized"):
+    if model.get("byte_fallback"):
+        prefix, nfc = _prefix_rule(spec.get("normalizer"), spec.get("pre_tokenizer")), False
+        if not _BYTE_PIECES <= vocab.keys() or SPACE_PIECE not in vocab:
+            raise NotExpressible("byte-fallback tokens or the ▁ piece are missing from the vocabulary")
+        for piece, token in vocab.items():
+            widths[token] = 1 if piece in _BYTE_PIECES else len(piece.replace(SPACE_PIECE, " ").encode("utf-8"))
+    else:
+        prefix, nfc = "none", _byte_level_normaliser(spec.get("normalizer"))
+        _check_byte_level_pre_tokenizer(spec.get("pre_tokenizer"))
+        for piece, token in vocab.items():
+            widths[token] = len(byte_level_bytes(piece))
+    for token in added_tokens:
+        if token.get("lstrip") or token.get("rstrip") or token.get("single_word") or (token.get("normalized") and spec.get("normalizer")):
             raise NotExpressible(f"added token {token['content']!r} strips, matches whole words or is normalised")
         widths[token["id"]], added[token["id"]] = len(token["content"].encode("utf-8")), True
-    pieces = PieceWidths(widths, added, prefix)
-    _prove(pieces, encode_tracked, [t["content"] for t in spec.get("added_tokens", [])])
+    pieces = PieceWidths(widths, added, prefix, ambiguous=SPACE_PIECE if model.get("byte_fallback") else None, nfc=nfc)
+    _prove(pieces, encode_tracked, [t["content"] for t in added_tokens])
     return pieces
+
+
+def _byte_level_normaliser(normalizer: dict | None) -> bool:
+    """Whether texts must be NFC-normalised to be covered; NotExpressible for a normaliser that changes text."""
+    if normalizer is None:
+        return False
+    if normalizer.get("type") == "NFC":
+        return True
+    raise NotExpressible(f"normaliser {normalizer.get('type')} changes text")
+
+
+_TEXT_KEEPING_SPLITS = {"Split", "Digits", "Punctuation"}
+
+
+def _check_byte_level_pre_tokenizer(pre_tokenizer: dict | None) -> None:
+    """A ByteLevel step without a prefix space, after splits that keep every character (no `Removed` behaviour)."""
+    steps = (pre_tokenizer.get("pretokenizers", []) if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]) if pre_tokenizer else []
+    kinds = [step.get("type") for step in steps]
+    if kinds.count("ByteLevel") != 1 or kinds[-1] != "ByteLevel":
+        raise NotExpressible("not a byte-level BPE model")
+    if steps[-1].get("add_prefix_space"):
+        raise NotExpressible("its ByteLevel pre-tokenizer adds a prefix space")
+    for step in steps[:-1]:
+        if step.get("type") not in _TEXT_KEEPING_SPLITS or step.get("behavior") == "Removed":
+            raise NotExpressible(f"pre-tokenizer step {step.get('type')} may drop text")
 
 
 def _prefix_rule(normalizer: dict | None, pre_tokenizer: dict | None) -> str:
@@ -87,9 +153,9 @@ def _prefix_rule(normalizer: dict | None, pre_tokenizer: dict | None) -> str:
 
 
 def _prove(pieces: PieceWidths, encode_tracked, special: list[str]) -> None:
-    """The widths must answer every span question as the tokenizer's offsets do, on every probe. One text per call:
-    the HF tokenizer then encodes without its thread pool, so the process can still fork workers cleanly."""
-    for probe in probe_texts(special):
+    """The widths must answer every span question as the tokenizer's offsets do, on every probe they cover. One text
+    per call: the HF tokenizer then encodes without its thread pool, so the process can still fork workers cleanly."""
+    for probe in filter(pieces.covers, probe_texts(special)):
         (reference,) = encode_tracked([probe])
         if not same_spans(pieces.spans(reference.input_ids, probe), reference.spans, len(probe)):
             raise NotExpressible(f"token widths differ from the tokenizer's offsets on the probe {probe[:30]!r}")

@@ -16,27 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.piece_widths import byte_level_bytes
 from pipeline.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """The byte <-> printable character table of byte-level BPE (GPT-2)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
-
-
-_TO_LATIN1 = {ord(c): b for b, c in _bytes_to_unicode().items()}
-_TO_LATIN1.update({b: 0x10FFFF for b in range(256) if b not in _TO_LATIN1})
-"""A byte-level token's characters -> its bytes as Latin-1 characters; the 0-255 characters outside the byte-level
-alphabet (raw spaces, controls) map to U+10FFFF, which Latin-1 cannot encode, so a non-byte-level token fails."""
 
 
 class TiktokenEncoder:
@@ -91,12 +74,7 @@ def build(spec: dict, hf_encode, threads: int | None = None) -> TiktokenEncoder:
     if normalizer is not None and normalizer.get("type") != "NFC":
         raise NotExpressible(f"normaliser {normalizer.get('type')} changes text")
     pattern = _split_pattern(spec.get("pre_tokenizer"))
-    ranks: dict[bytes, int] = {}
-    for token, rank in model["vocab"].items():
-        try:
-            ranks[token.translate(_TO_LATIN1).encode("latin-1")] = rank
-        except UnicodeEncodeError:
-            raise NotExpressible(f"vocabulary entry {token!r} is not byte-level") from None
+    ranks = {byte_level_bytes(piece): rank for piece, rank in model["vocab"].items()}
     special: dict[str, int] = {}
     for added in spec.get("added_tokens", []):
         if added.get("lstrip") or added.get("rstrip") or added.get("single_word"):

@@ -70,12 +70,17 @@ def test_every_written_corpus_sample_equals_apply_chat_template(tmp_path, name, 
             assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False, **arguments)
 
 
-def test_sentencepiece_shards_are_the_same_bytes_with_the_tokenizers_own_offsets(tmp_path, corpus_conversations, monkeypatch):
-    """The HF path maps spans from token widths where they are proven; the tokenizer's tracked offsets, the
+@pytest.mark.parametrize("name", REAL_TOKENIZERS)
+def test_hf_encoder_shards_are_the_same_bytes_with_token_widths_as_with_tracked_offsets(tmp_path, name, corpus_conversations,
+                                                                                      monkeypatch):
+    """The HF encoder maps spans from token widths where they are proven; the tokenizer's tracked offsets, the
     reference, must give the same shards on every corpus."""
     config, _ = corpus_conversations
-    overrides = {"inputs": list(config.inputs), "render.tokenizer": str(shared_path("tokenizers", "openhermes-mistral")),
-                 "truncation.max_length": 10_000_000, "render.allow_special_tokens_in_content": True}
+    overrides = {"inputs": list(config.inputs), "render.tokenizer": str(shared_path("tokenizers", name)),
+                 "truncation.max_length": 10_000_000, "render.allow_special_tokens_in_content": True,
+                 "render.encoder": "hf"}
+    if real_tokenizer(name).chat_template is None:
+        overrides["render.chat_template"] = "chatml"
     widths = preprocess(load_config(None, overrides), tmp_path / "widths")
     assert "spans from token widths" in widths["encoder"]["reason"]
 

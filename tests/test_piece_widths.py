@@ -1,4 +1,5 @@
-"""Token widths for SentencePiece-style BPE: the same span answers as the tokenizer's own offsets, or a refusal."""
+"""Token widths for SentencePiece-style and byte-level BPE: the same span answers as the tokenizer's own offsets,
+or a refusal."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from pipeline import piece_widths
 from pipeline.token_spans import PROBES, NotExpressible, same_spans
 from pipeline.tokenize import HFEncoder, backend_spec, make_encoder
-from tests.conftest import real_tokenizer
+from tests.conftest import demo_tokenizer, real_tokenizer
 from tests.test_tokenize import CORPUS
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
@@ -108,3 +109,49 @@ def test_real_sentencepiece_tokenizer_uses_widths_and_answers_as_its_offsets():
     tokenizer = real_tokenizer("openhermes-mistral")
     _assert_same_as_offsets(tokenizer, TEXTS + [tokenizer.apply_chat_template(
         [{"role": "user", "content": " hi  there\n\n你好"}, {"role": "assistant", "content": "🙂 ok\tdone "}], tokenize=False)])
+
+
+def _demo_with(**changes) -> PreTrainedTokenizerFast:
+    """The demo tokenizer (byte-level BPE) with parts of its tokenizer.json replaced."""
+    spec = backend_spec(demo_tokenizer())
+    spec.update(changes)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+
+
+def _demo_pre_tokenizer(*before_byte_level: dict) -> dict:
+    steps = backend_spec(demo_tokenizer())["pre_tokenizer"]["pretokenizers"]
+    return {"type": "Sequence", "pretokenizers": [*before_byte_level, *steps]}
+
+
+def test_byte_level_widths_answer_as_the_offsets_do_with_the_hf_encoder():
+    _assert_same_as_offsets(demo_tokenizer(), TEXTS + ["<|user|>\n你好 world  \n\t🙂<|assistant|>\n好的～🙂 e\u0301"])
+
+
+def test_a_byte_level_tokenizer_tiktoken_cannot_express_gets_the_widths():
+    """Several splits before the byte level (as DeepSeek and StarCoder tokenizers have) are not one regex tiktoken
+    takes; `auto` then takes the HF tokenizer, still without tracking offsets."""
+    tokenizer = _demo_with(pre_tokenizer=_demo_pre_tokenizer({"type": "Digits", "individual_digits": True}))
+    encoder, reason = make_encoder(tokenizer, "auto")
+    assert encoder.name == "hf" and encoder.widths is not None and "tiktoken not used" in reason, reason
+    _assert_same_as_offsets(tokenizer, TEXTS)
+
+
+def test_text_an_nfc_normaliser_would_change_keeps_the_tracked_offsets():
+    tokenizer = _demo_with(normalizer={"type": "NFC"})
+    encoder, _ = make_encoder(tokenizer, "hf")
+    out = encoder(["cafe\u0301 and re\u0301sume\u0301", "café"])
+    assert [type(e.spans).__name__ for e in out] == ["OffsetSpans", "ByteSpans"]
+    _assert_same_as_offsets(tokenizer, ["cafe\u0301 and re\u0301sume\u0301", "café", *PROBES])
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"pre_tokenizer": _demo_pre_tokenizer({"type": "Split", "pattern": {"String": "x"}, "behavior": "Removed", "invert": False})}, "may drop text"),
+    ({"pre_tokenizer": _demo_pre_tokenizer({"type": "WhitespaceSplit"})}, "may drop text"),
+    ({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}}, "adds a prefix space"),
+    ({"normalizer": {"type": "Lowercase"}}, "changes text"),
+    ({"post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}}, "differ from the tokenizer's offsets"),
+])
+def test_byte_level_tokenizers_the_rules_do_not_describe_keep_the_tracked_offsets(changes, why):
+    tokenizer = _demo_with(**changes)
+    with pytest.raises(NotExpressible, match=why):
+        piece_widths.build(backend_spec(tokenizer), HFEncoder(tokenizer))
