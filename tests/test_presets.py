@@ -5,7 +5,6 @@ import copy
 import json
 
 import datasets
-import numpy as np
 import pytest
 
 from pipeline.run import preprocess

@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 
 import pipeline.run as run_module
 from pipeline.errors import PipelineError
-from pipeline.render import Renderer, renderer_args
 from pipeline.run import preprocess
 from pipeline.shards import sha256_file
 from schemas.config import load_config

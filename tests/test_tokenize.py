@@ -10,7 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.mask import IGNORE_INDEX
 from pipeline.templates import load_template
 from pipeline.tokenize import chat_template_of, encode_batch, load_tokenizer, special_token_ids
-from schemas.config import MaskConfig, RenderConfig
+from schemas.config import RenderConfig
 from tests.chats import WITH_SYSTEM, hf_messages
 from tests.test_mask import labels_for, trained_text
 
