@@ -97,9 +97,8 @@ class Processor:
         self.template = chat_template_of(self.tokenizer, config.render)
         self.special_ids = frozenset(special_token_ids(self.tokenizer).tolist())
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
-        self.backend_json = backend_json(self.tokenizer)
-        self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads,
-                                                        json.loads(self.backend_json))
+        self.backend_json = backend_json(self.tokenizer)  # for the fingerprint; serialising it takes a tenth of a second
+        self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads)
         self.control_tokens = control_tokens(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
         self.limit = config.truncation.limit(config.mask.preset)
@@ -135,12 +134,14 @@ class Processor:
 
     def __exit__(self, *exc) -> None:
         global _worker
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-        _worker = None
-        if self._froze:
-            gc.unfreeze()
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+                self._pool = None
+        finally:
+            _worker = None
+            if self._froze:
+                gc.unfreeze()
 
     def process(self, records: Iterable[tuple[RawRecord | RowError, str]], writers: dict[str, ShardWriter]) -> ChunkResult:
         """Stream one chunk of input records (from `read_records`) into `writers`, batch by batch: memory holds a few

@@ -129,14 +129,13 @@ class HFEncoder:
         return Encoded(ids, self.widths.spans(ids, text))
 
 
-def make_encoder(tokenizer, choice: str, threads: int | None = None, spec: dict | None = None) -> tuple[Any, str]:
+def make_encoder(tokenizer, choice: str, threads: int | None = None) -> tuple[Any, str]:
     """The encoder for `choice` (auto | hf | tiktoken) and why it was chosen. `auto` takes tiktoken when the
     tokenizer is byte-level BPE that tiktoken reproduces exactly on the probe set, else the HF tokenizer, which
-    skips offset tracking when the tokenizer's token widths are proven on the probe set. `spec` is the tokenizer's
-    backend JSON, parsed (`backend_json`), when the caller has it already."""
+    skips offset tracking when the tokenizer's token widths are proven on the probe set."""
     from pipeline import piece_widths, tiktoken_encoder
 
-    spec = spec if spec is not None else backend_spec(tokenizer)
+    spec = encoder_spec(tokenizer)
     hf = HFEncoder(tokenizer)
     if choice != "hf":
         try:
@@ -155,13 +154,26 @@ def make_encoder(tokenizer, choice: str, threads: int | None = None, spec: dict 
 
 
 def backend_json(tokenizer) -> str:
-    """The tokenizer's vocabulary, merges, added tokens and pipeline (its tokenizer.json), as loaded. Serialising
-    it takes a tenth of a second for a large vocabulary: start-up does it once, for the encoders and the fingerprint."""
+    """The tokenizer's vocabulary, merges, added tokens and pipeline (its tokenizer.json), as loaded."""
     return tokenizer.backend_tokenizer.to_str()
 
 
-def backend_spec(tokenizer) -> dict:
-    return json.loads(backend_json(tokenizer))
+def encoder_spec(tokenizer) -> dict:
+    """The parts of the loaded tokenizer.json that the encoder builders read, in its shape: the model's type, flags and
+    vocabulary, the normaliser, pre-tokenizer and added tokens. Taken from the backend part by part: parsing the
+    whole JSON (half of it merges) takes a third of a second for a 150k vocabulary."""
+    backend = tokenizer.backend_tokenizer
+    model: dict[str, Any] = {"type": type(backend.model).__name__}
+    if model["type"] == "BPE":
+        model.update(byte_fallback=backend.model.byte_fallback, vocab=backend.get_vocab(with_added_tokens=False),
+                     continuing_subword_prefix=backend.model.continuing_subword_prefix,
+                     end_of_word_suffix=backend.model.end_of_word_suffix)
+    added = [{"id": i, "content": t.content, "single_word": t.single_word, "lstrip": t.lstrip, "rstrip": t.rstrip,
+              "normalized": t.normalized, "special": t.special}
+             for i, t in sorted(backend.get_added_tokens_decoder().items())]
+    part = lambda component: None if component is None else json.loads(component.__getstate__())  # noqa: E731
+    return {"model": model, "normalizer": part(backend.normalizer), "pre_tokenizer": part(backend.pre_tokenizer),
+            "post_processor": part(backend.post_processor), "added_tokens": added}
 
 
 def tokenizer_summary(tokenizer, template: str, backend: str) -> dict:

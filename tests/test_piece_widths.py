@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 from pipeline import piece_widths
 from pipeline.token_spans import PROBES, NotExpressible, same_spans
-from pipeline.tokenize import HFEncoder, backend_spec, make_encoder
+from pipeline.tokenize import HFEncoder, encoder_spec, make_encoder
 from tests.conftest import demo_tokenizer, real_tokenizer
 from tests.test_tokenize import CORPUS
 
@@ -83,7 +83,7 @@ def test_a_text_holding_a_literal_space_piece_keeps_the_tracked_offsets():
 def test_tokenizers_the_rules_do_not_describe_keep_the_tracked_offsets(tokenizer, why):
     tokenizer = tokenizer()
     with pytest.raises(NotExpressible, match=why):
-        piece_widths.build(backend_spec(tokenizer), HFEncoder(tokenizer))
+        piece_widths.build(encoder_spec(tokenizer), HFEncoder(tokenizer))
     encoder, reason = make_encoder(tokenizer, "hf")
     assert encoder.widths is None and why in reason and "offsets tracked by the tokenizer" in reason
 
@@ -91,7 +91,7 @@ def test_tokenizers_the_rules_do_not_describe_keep_the_tracked_offsets(tokenizer
 @pytest.mark.parametrize("marker", [{"continuing_subword_prefix": "##"}, {"end_of_word_suffix": "</w>"}])
 def test_pieces_with_subword_markers_are_refused(marker):
     tokenizer = sentencepiece_bpe(PREPEND_AND_REPLACE, None)
-    spec = backend_spec(tokenizer)
+    spec = encoder_spec(tokenizer)
     spec["model"].update(marker)
     with pytest.raises(NotExpressible, match="subword markers"):
         piece_widths.build(spec, HFEncoder(tokenizer))
@@ -102,7 +102,7 @@ def test_a_rule_that_disagrees_with_the_offsets_on_a_probe_is_refused(monkeypatc
     monkeypatch.setattr(piece_widths, "_prefix_rule", lambda normalizer, pre_tokenizer: "none")
     tokenizer = sentencepiece_bpe(PREPEND_AND_REPLACE, None)
     with pytest.raises(NotExpressible, match="differ from the tokenizer's offsets on the probe"):
-        piece_widths.build(backend_spec(tokenizer), HFEncoder(tokenizer))
+        piece_widths.build(encoder_spec(tokenizer), HFEncoder(tokenizer))
 
 
 def test_real_sentencepiece_tokenizer_uses_widths_and_answers_as_its_offsets():
@@ -113,13 +113,13 @@ def test_real_sentencepiece_tokenizer_uses_widths_and_answers_as_its_offsets():
 
 def _demo_with(**changes) -> PreTrainedTokenizerFast:
     """The demo tokenizer (byte-level BPE) with parts of its tokenizer.json replaced."""
-    spec = backend_spec(demo_tokenizer())
+    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
     spec.update(changes)
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
 
 
 def _demo_pre_tokenizer(*before_byte_level: dict) -> dict:
-    steps = backend_spec(demo_tokenizer())["pre_tokenizer"]["pretokenizers"]
+    steps = json.loads(demo_tokenizer().backend_tokenizer.to_str())["pre_tokenizer"]["pretokenizers"]
     return {"type": "Sequence", "pretokenizers": [*before_byte_level, *steps]}
 
 
@@ -154,4 +154,4 @@ def test_text_an_nfc_normaliser_would_change_keeps_the_tracked_offsets():
 def test_byte_level_tokenizers_the_rules_do_not_describe_keep_the_tracked_offsets(changes, why):
     tokenizer = _demo_with(**changes)
     with pytest.raises(NotExpressible, match=why):
-        piece_widths.build(backend_spec(tokenizer), HFEncoder(tokenizer))
+        piece_widths.build(encoder_spec(tokenizer), HFEncoder(tokenizer))

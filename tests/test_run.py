@@ -216,6 +216,7 @@ def test_the_collector_is_left_as_it_was_found(tmp_path):
     try:
         frozen = gc.get_freeze_count()
         preprocess(_config([data]), tmp_path / "b")
-        assert gc.get_freeze_count() == frozen
+        # Neither unfrozen nor frozen again (frozen objects that die meanwhile leave the count, so it may shrink).
+        assert 0 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 from pipeline.errors import PipelineError
 from pipeline.token_spans import PROBES, NotExpressible, same_spans
 from pipeline.tiktoken_encoder import build
-from pipeline.tokenize import HFEncoder, backend_spec, make_encoder
+from pipeline.tokenize import HFEncoder, encoder_spec, make_encoder
 from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
 from tests.test_tokenize import sentencepiece_style
 
@@ -18,7 +18,7 @@ TEXTS = PROBES + ["<|user|>\n你好 world  \n\t🙂<|assistant|>\n好的～🙂 
 
 def _same_as_hf(tokenizer, texts):
     hf = HFEncoder(tokenizer)
-    encoder = build(backend_spec(tokenizer), hf)
+    encoder = build(encoder_spec(tokenizer), hf)
     for text, ours, ref in zip(texts, encoder(texts), hf(texts)):
         assert ours.input_ids.tolist() == ref.input_ids.tolist(), text[:30]
         assert same_spans(ours.spans, ref.spans, len(text)), text[:30]
@@ -41,7 +41,7 @@ def test_real_byte_level_tokenizers_equal_hf(name):
 def test_text_that_nfc_would_change_goes_to_the_hf_tokenizer():
     tokenizer = real_tokenizer("qwen2.5")  # NFC normaliser
     hf = HFEncoder(tokenizer)
-    encoder = build(backend_spec(tokenizer), hf)
+    encoder = build(encoder_spec(tokenizer), hf)
     text = "cafe\u0301 and re\u0301sume\u0301"
     (ours,), (ref,) = encoder([text]), hf([text])
     assert ours.input_ids.tolist() == ref.input_ids.tolist()
@@ -62,7 +62,7 @@ def test_a_normaliser_that_changes_text_is_refused():
 
     changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     with pytest.raises(NotExpressible, match="NFKC"):
-        build(backend_spec(changed), HFEncoder(changed))
+        build(encoder_spec(changed), HFEncoder(changed))
 
 
 @pytest.mark.parametrize("entry", ["a b", "tab\t", "中文"])
@@ -74,7 +74,7 @@ def test_a_vocabulary_entry_outside_the_byte_alphabet_is_refused(entry):
 
     changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     with pytest.raises(NotExpressible, match="not byte-level"):
-        build(backend_spec(changed), HFEncoder(changed))
+        build(encoder_spec(changed), HFEncoder(changed))
 
 
 def test_offsets_that_leave_out_whitespace_mean_no_tiktoken():
@@ -86,7 +86,7 @@ def test_offsets_that_leave_out_whitespace_mean_no_tiktoken():
 
     changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
     with pytest.raises(NotExpressible, match="span answers differ"):
-        build(backend_spec(changed), HFEncoder(changed))
+        build(encoder_spec(changed), HFEncoder(changed))
     encoder, reason = make_encoder(changed, "auto")
     assert encoder.name == "hf" and "span answers differ" in reason
 
@@ -102,4 +102,4 @@ def test_any_difference_on_the_probes_means_no_tiktoken():
         return encoded
 
     with pytest.raises(NotExpressible, match="ids differ"):
-        build(backend_spec(tokenizer), slightly_off)
+        build(encoder_spec(tokenizer), slightly_off)

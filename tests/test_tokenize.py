@@ -1,6 +1,8 @@
 """Tokenizer families the tests build themselves, so the suite covers them without ../shared."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -9,9 +11,10 @@ from transformers import PreTrainedTokenizerFast
 from pipeline.errors import PipelineError
 from pipeline.mask import IGNORE_INDEX
 from pipeline.templates import load_template
-from pipeline.tokenize import chat_template_of, encode_batch, load_tokenizer, special_token_ids
+from pipeline.tokenize import chat_template_of, encode_batch, encoder_spec, load_tokenizer, special_token_ids
 from schemas.config import RenderConfig
 from tests.chats import WITH_SYSTEM, hf_messages
+from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
 from tests.test_mask import labels_for, trained_text
 
 CORPUS = [
@@ -45,8 +48,6 @@ def test_sentencepiece_style_tokens_equal_apply_chat_template_and_masks_hold():
 
 
 def test_encode_batch_equals_the_tokenizer_call_and_maps_every_character():
-    from tests.conftest import demo_tokenizer
-
     tokenizer = demo_tokenizer()
     texts = ["<|user|>\n你好 world  \n\t🙂 code: x=1<|assistant|>", "", "plain"]
     encoded = encode_batch(tokenizer, texts)
@@ -97,3 +98,16 @@ def test_a_slow_only_tokenizer_is_refused_with_the_reason(monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: Slow()))
     with pytest.raises(PipelineError, match="no fast .Rust. version: character offsets"):
         load_tokenizer(RenderConfig(tokenizer="some/slow-model"))
+
+
+@pytest.mark.parametrize("name", ["demo", "sentencepiece_style", *REAL_TOKENIZERS])
+def test_encoder_spec_holds_what_the_tokenizer_json_says(name):
+    """The encoder builders read a spec taken from the loaded backend part by part; it must say what the whole
+    tokenizer.json says."""
+    tokenizer = {"demo": demo_tokenizer, "sentencepiece_style": sentencepiece_style}.get(name, lambda: real_tokenizer(name))()
+    whole, spec = json.loads(tokenizer.backend_tokenizer.to_str()), encoder_spec(tokenizer)
+    for key in ("normalizer", "pre_tokenizer", "post_processor"):
+        assert spec[key] == whole[key], key
+    assert spec["added_tokens"] == [{k: t[k] for k in spec["added_tokens"][0]} for t in whole["added_tokens"]]
+    assert spec["model"] == {k: whole["model"][k] for k in spec["model"]}
+    assert spec["model"]["type"] == whole["model"]["type"] and (spec["model"]["type"] != "BPE" or len(spec["model"]) == 5)
