@@ -124,7 +124,7 @@ class _Job:
         return total, time.perf_counter() - start, start - loading
 
     @staticmethod
-    def _trl(data: str, tokenizer: str, template: str) -> int:
+    def _trl(data: str, tokenizer: str, template: str) -> tuple[int, float]:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer)
@@ -136,7 +136,7 @@ class _Job:
         return total, time.perf_counter() - start
 
     @staticmethod
-    def _glm4(data: str, tokenizer: str) -> int:
+    def _glm4(data: str, tokenizer: str) -> tuple[int, float]:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer)

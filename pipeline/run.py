@@ -46,7 +46,6 @@ from pipeline.shards import (
 )
 from pipeline.stats import Stats
 from pipeline.tokenize import (
-    backend_json,
     chat_template_of,
     control_tokens,
     load_tokenizer,
@@ -97,7 +96,6 @@ class Processor:
         self.template = chat_template_of(self.tokenizer, config.render)
         self.special_ids = frozenset(special_token_ids(self.tokenizer).tolist())
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
-        self.backend_json = backend_json(self.tokenizer)  # for the fingerprint; serialising it takes a tenth of a second
         self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads)
         self.control_tokens = control_tokens(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
@@ -382,7 +380,7 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
     with _collector_paused():
         processor = Processor(config)
     with processor:
-        summary = tokenizer_summary(processor.tokenizer, processor.template, processor.backend_json)
+        summary = tokenizer_summary(processor.tokenizer, processor.template)
         run_key = _fingerprint({"config": config.model_dump(mode="json"), "inputs": inputs, "tokenizer": summary, "version": __version__})
         work = _prepare_work_dir(out, run_key)
         stats = Stats()

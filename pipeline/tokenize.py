@@ -107,7 +107,8 @@ def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
 
 class HFEncoder:
     """The HF fast tokenizer's batch call: the reference every other encoder is proven against. With proven
-    `PieceWidths` (SentencePiece-style BPE) it encodes without tracking offsets, and maps spans from token widths."""
+    `PieceWidths` (byte-level or SentencePiece-style BPE) it encodes without tracking offsets, and maps spans from
+    token widths."""
 
     name = "hf"
 
@@ -153,11 +154,6 @@ def make_encoder(tokenizer, choice: str, threads: int | None = None) -> tuple[An
     return HFEncoder(tokenizer, widths), f"{reason}; spans from token widths, identical to its offsets on every probe"
 
 
-def backend_json(tokenizer) -> str:
-    """The tokenizer's vocabulary, merges, added tokens and pipeline (its tokenizer.json), as loaded."""
-    return tokenizer.backend_tokenizer.to_str()
-
-
 def encoder_spec(tokenizer) -> dict:
     """The parts of the loaded tokenizer.json that the encoder builders read, in its shape: the model's type, flags and
     vocabulary, the normaliser, pre-tokenizer and added tokens. Taken from the backend part by part: parsing the
@@ -173,14 +169,19 @@ def encoder_spec(tokenizer) -> dict:
              for i, t in sorted(backend.get_added_tokens_decoder().items())]
     part = lambda component: None if component is None else json.loads(component.__getstate__())  # noqa: E731
     return {"model": model, "normalizer": part(backend.normalizer), "pre_tokenizer": part(backend.pre_tokenizer),
-            "post_processor": part(backend.post_processor), "added_tokens": added}
+            "added_tokens": added}
 
 
-def tokenizer_summary(tokenizer, template: str, backend: str) -> dict:
-    """What the manifest records about the tokenizer (`backend`: its `backend_json`): enough for the trainer to size
-    a model without loading it. The fingerprint hashes the backend JSON, so it does not depend on paths."""
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the tokenizer's vocabulary, merges and added tokens (its backend JSON), independent of paths."""
+    backend = tokenizer.backend_tokenizer.to_str()
+    return hashlib.sha256(backend.encode("utf-8")).hexdigest()
+
+
+def tokenizer_summary(tokenizer, template: str) -> dict:
+    """What the manifest records about the tokenizer: enough for the trainer to size a model without loading it."""
     return {
-        "fingerprint": hashlib.sha256(backend.encode("utf-8")).hexdigest(),
+        "fingerprint": tokenizer_fingerprint(tokenizer),
         "class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
