@@ -3,6 +3,7 @@ cleanly when it is absent, so the suite runs on the project's own data alone."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -40,3 +41,16 @@ def real_tokenizer(name: str):
 def demo_tokenizer():
     """The project's own demo tokenizer (data/tokenizer), loaded once per test session."""
     return _load_tokenizer(str(DEMO_TOKENIZER))
+
+
+def demo_tokenizer_json() -> dict:
+    """The demo tokenizer's tokenizer.json, parsed: a fresh copy to edit."""
+    return json.loads(demo_tokenizer().backend_tokenizer.to_str())
+
+
+def tokenizer_from_json(spec: dict):
+    """A fast tokenizer built from an (edited) tokenizer.json."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from pipeline import piece_widths
 from pipeline.token_spans import PROBES, NotExpressible, same_spans
 from pipeline.tokenize import HFEncoder, encoder_spec, make_encoder
-from tests.conftest import demo_tokenizer, real_tokenizer
+from tests.conftest import demo_tokenizer, demo_tokenizer_json, real_tokenizer, tokenizer_from_json
 from tests.test_tokenize import CORPUS
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
@@ -113,13 +113,11 @@ def test_real_sentencepiece_tokenizer_uses_widths_and_answers_as_its_offsets():
 
 def _demo_with(**changes) -> PreTrainedTokenizerFast:
     """The demo tokenizer (byte-level BPE) with parts of its tokenizer.json replaced."""
-    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
-    spec.update(changes)
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    return tokenizer_from_json({**demo_tokenizer_json(), **changes})
 
 
 def _demo_pre_tokenizer(*before_byte_level: dict) -> dict:
-    steps = json.loads(demo_tokenizer().backend_tokenizer.to_str())["pre_tokenizer"]["pretokenizers"]
+    steps = demo_tokenizer_json()["pre_tokenizer"]["pretokenizers"]
     return {"type": "Sequence", "pretokenizers": [*before_byte_level, *steps]}
 
 

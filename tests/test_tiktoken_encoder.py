@@ -1,16 +1,13 @@
 """The tiktoken encoder: identical ids and span semantics to the HF tokenizer, or a refusal with the reason."""
 from __future__ import annotations
 
-import json
-
 import pytest
-from transformers import PreTrainedTokenizerFast
 
 from pipeline.errors import PipelineError
 from pipeline.token_spans import PROBES, NotExpressible, same_spans
 from pipeline.tiktoken_encoder import build
 from pipeline.tokenize import HFEncoder, encoder_spec, make_encoder
-from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
+from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, demo_tokenizer_json, real_tokenizer, tokenizer_from_json
 from tests.test_tokenize import sentencepiece_style
 
 TEXTS = PROBES + ["<|user|>\n你好 world  \n\t🙂<|assistant|>\n好的～🙂 e\u0301", ""]
@@ -56,11 +53,7 @@ def test_sentencepiece_is_not_expressible_and_auto_falls_back_saying_why():
 
 
 def test_a_normaliser_that_changes_text_is_refused():
-    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
-    spec["normalizer"] = {"type": "NFKC"}
-    from tokenizers import Tokenizer
-
-    changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    changed = tokenizer_from_json({**demo_tokenizer_json(), "normalizer": {"type": "NFKC"}})
     with pytest.raises(NotExpressible, match="NFKC"):
         build(encoder_spec(changed), HFEncoder(changed))
 
@@ -68,11 +61,9 @@ def test_a_normaliser_that_changes_text_is_refused():
 @pytest.mark.parametrize("entry", ["a b", "tab\t", "中文"])
 def test_a_vocabulary_entry_outside_the_byte_alphabet_is_refused(entry):
     """Raw spaces, controls or CJK in the vocabulary mean it is not byte-level BPE: no byte string to give tiktoken."""
-    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
+    spec = demo_tokenizer_json()
     spec["model"]["vocab"][entry] = len(spec["model"]["vocab"])
-    from tokenizers import Tokenizer
-
-    changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    changed = tokenizer_from_json(spec)
     with pytest.raises(NotExpressible, match="not byte-level"):
         build(encoder_spec(changed), HFEncoder(changed))
 
@@ -80,11 +71,9 @@ def test_a_vocabulary_entry_outside_the_byte_alphabet_is_refused(entry):
 def test_offsets_that_leave_out_whitespace_mean_no_tiktoken():
     """With `trim_offsets` the tokenizer's offsets of `Ġword` start at `w`, not at the space the token holds: the ids
     are the same, the span answers are not, and the shards would differ. The HF encoder keeps its offsets."""
-    spec = json.loads(demo_tokenizer().backend_tokenizer.to_str())
+    spec = demo_tokenizer_json()
     spec["post_processor"]["trim_offsets"] = True
-    from tokenizers import Tokenizer
-
-    changed = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+    changed = tokenizer_from_json(spec)
     with pytest.raises(NotExpressible, match="span answers differ"):
         build(encoder_spec(changed), HFEncoder(changed))
     encoder, reason = make_encoder(changed, "auto")
