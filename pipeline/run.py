@@ -45,9 +45,10 @@ from pipeline.shards import (
     write_manifest,
 )
 from pipeline.stats import Stats
+from pipeline.text_fields import field_path, template_strings
 from pipeline.tokenize import (
+    added_token_searches,
     chat_template_of,
-    control_tokens,
     load_tokenizer,
     make_encoder,
     save_tokenizer,
@@ -97,7 +98,7 @@ class Processor:
         self.special_ids = frozenset(special_token_ids(self.tokenizer).tolist())
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
         self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads)
-        self.control_tokens = control_tokens(self.tokenizer, self.template)
+        self.control_tokens, self.other_added_tokens = added_token_searches(self.tokenizer, self.template)
         self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
         self.limit = config.truncation.limit(config.mask.preset)
         mask = config.mask
@@ -176,43 +177,68 @@ class Processor:
         Every record is counted as read."""
         result = ChunkResult()
         result.stats.read += len(records)
-        admitted = []
+        admitted, remarks = [], []
         for record, fmt in records:
             item = to_conversation(record, fmt, self.config.source)
-            problem = item if isinstance(item, RowError) else self._content_problem(item)
+            if isinstance(item, RowError):
+                result.rejects.append(item)
+                continue
+            texts = "\0".join(text for _, text in template_strings(item))  # NUL: in no token, no reserved character
+            problem = self._content_problem(item, texts)
             if problem is not None:
                 result.rejects.append(problem)
-            else:
-                admitted.append(item)
+                continue
+            admitted.append(item)
+            if remark := self._added_token_remark(item, texts):
+                remarks.append(remark)
         if admitted:
             trained = [self._checked_messages(c) for c in admitted]
             rendered = [_render_or_error(self.renderer, c, t) for c, t in zip(admitted, trained)]
             self._process_batch(admitted, trained, rendered, result)
+        _note_written(remarks, result)
         return result.seal()
 
-    def _content_problem(self, conversation: Conversation) -> RowError | None:
-        """Special tokens typed as text would be tokenized as control tokens; reserved characters break spans.
-        All the texts are searched at once first (joined by NUL, which no token or reserved character holds); only a
-        conversation with a hit is searched text by text, to name the field."""
-        texts = "\0".join(t for m in conversation.messages for t in (m.content, m.reasoning_content) if t)
+    def _content_problem(self, conversation: Conversation, texts: str) -> RowError | None:
+        """Why the strings the template is given (`template_strings`, joined as `texts`) make the row unusable, if they
+        do: a reserved character breaks the spans; a control token typed as text would be tokenized as one (a forged
+        turn, role or tool call). The joined text is searched once; only a row with a hit is searched field by field,
+        to name the field."""
         if holds_reserved_characters(texts):
-            return _row_error(conversation, "reserved_character", "messages", "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves")
+            for where, text in template_strings(conversation):
+                if holds_reserved_characters(text):
+                    return _row_error(conversation, "reserved_character", field_path(where),
+                                      "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves")
         if self.control_tokens is None or self.config.render.allow_special_tokens_in_content:
             return None
         if self.control_tokens.search(texts) is None:
             return None
-        for index, message in enumerate(conversation.messages):
-            for field_name, text in (("content", message.content), ("reasoning_content", message.reasoning_content)):
-                found = self.control_tokens.search(text or "")
-                if found:
-                    return _row_error(
-                        conversation,
-                        "special_token_in_content",
-                        f"messages.{index}.{field_name}",
-                        f"contains the special token {found.group(0)!r} as text (it would be tokenized as a control "
-                        "token; pass --allow-special-tokens to keep such rows)",
-                    )
+        for where, text in template_strings(conversation):
+            found = self.control_tokens.search(text)
+            if found:
+                return _row_error(
+                    conversation,
+                    "special_token_in_content",
+                    field_path(where),
+                    f"contains the special token {found.group(0)!r} as text (it would be tokenized as a control "
+                    "token; pass --allow-special-tokens to keep such rows)",
+                )
         return None
+
+    def _added_token_remark(self, conversation: Conversation, texts: str) -> RowError | None:
+        """A remark listing, by field, the added tokens that are not control tokens (Qwen's `<|fim_prefix|>`) typed in
+        the strings the template is given (joined as `texts`): each is tokenized as one id, which the user should
+        know of, but it forges nothing of the chat format, so the row is kept."""
+        if self.other_added_tokens is None or self.other_added_tokens.search(texts) is None:
+            return None
+        found = {field_path(where): tokens for where, text in template_strings(conversation)
+                 if (tokens := self.other_added_tokens.findall(text))}
+        if not found:  # a hit across the joined texts only: no field holds a token
+            return None
+        listed = "; ".join(f"{path}: {', '.join(map(repr, tokens))}" for path, tokens in found.items())
+        error = _row_error(conversation, "added_token_in_text", next(iter(found)),
+                           f"holds added tokens as text, each tokenized as one id (the row is kept): {listed}")
+        error.extra["added_tokens"] = found
+        return error
 
     def _checked_messages(self, conversation: Conversation) -> frozenset[int]:
         """The messages whose text the mask takes from the rendering, so the renderer must find them verbatim: under
@@ -328,6 +354,15 @@ def _init_worker(config: PreprocessConfig) -> None:
 
 def _process_batch_in_worker(records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
     return _worker.process_batch(records)
+
+
+def _note_written(remarks: list[RowError], result: ChunkResult) -> None:
+    """Keep the remarks on rows that were written: a row rejected or filtered after its remark is listed for that."""
+    written = {(sample.source, sample.row) for samples in result.samples.values() for sample in samples}
+    for remark in remarks:
+        if (remark.source, remark.row) in written:
+            result.warnings.append(remark)
+            result.stats.notes[remark.reason] += 1
 
 
 def _render_or_error(renderer: Renderer, conversation: Conversation, trained: frozenset[int]) -> Rendered | RowError:

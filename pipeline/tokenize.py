@@ -68,10 +68,10 @@ def special_token_ids(tokenizer) -> np.ndarray:
     return np.array(sorted(ids), dtype=np.int64)
 
 
-class ControlTokens:
-    """The special tokens (and added tokens the template writes) that must not appear in data as text. A regex
-    alternation of them costs microseconds per text, so a text is searched only when it holds the first character of
-    one of them (`<` or `[` for most tokenizers): a check that takes next to nothing."""
+class TokenSearch:
+    """Finds any of a set of tokens typed in text. A regex alternation of them costs microseconds per text, so a text
+    is searched only when it holds the first character of one of them (`<` or `[` for most tokenizers): a check that
+    takes next to nothing."""
 
     def __init__(self, tokens: list[str]):
         self.pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
@@ -80,15 +80,33 @@ class ControlTokens:
     def search(self, text: str) -> re.Match | None:
         return self.pattern.search(text) if any(c in text for c in self.first_characters) else None
 
+    def findall(self, text: str) -> list[str]:
+        """Every distinct token in `text`, sorted."""
+        return sorted(set(self.pattern.findall(text)))
 
-def control_tokens(tokenizer, template: str) -> ControlTokens | None:
-    """The tokens that would be tokenized as control tokens if data held them as text; None when there are none."""
-    tokens = [
-        t.content
-        for t in tokenizer.added_tokens_decoder.values()
-        if (t.special or t.content in template) and not t.content.isspace()
-    ]
-    return ControlTokens(tokens) if tokens else None
+
+def added_token_classes(tokenizer, template: str) -> tuple[list[str], list[str]]:
+    """The tokenizer's added tokens, each of which becomes a single id when data types it as text, in two classes:
+
+    - control tokens: marked special (`<|im_end|>`, `<|user|>`), or written by the chat template (Qwen's
+      `<tool_call>`, which is not marked special): typed in data, one forges the template's own structure (a turn,
+      a role, a tool call), so a row holding one is rejected;
+    - other added tokens (Qwen's `<|fim_prefix|>`, `<|file_sep|>`, `<|repo_name|>`): neither special nor part of the
+      chat format, but still one id each where data types them, so a row holding one is kept and noted.
+
+    Whitespace-only added tokens are in neither class: they are ordinary text to any reader."""
+    control, other = [], []
+    for token in tokenizer.added_tokens_decoder.values():
+        if not token.content.isspace():
+            (control if token.special or token.content in template else other).append(token.content)
+    return control, other
+
+
+def added_token_searches(tokenizer, template: str) -> tuple[TokenSearch | None, TokenSearch | None]:
+    """Searches for the control tokens and for the other added tokens (see `added_token_classes`); None for a class
+    that has no token."""
+    control, other = added_token_classes(tokenizer, template)
+    return (TokenSearch(control) if control else None), (TokenSearch(other) if other else None)
 
 
 def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:

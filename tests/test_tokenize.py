@@ -11,7 +11,14 @@ from transformers import PreTrainedTokenizerFast
 from pipeline.errors import PipelineError
 from pipeline.mask import IGNORE_INDEX
 from pipeline.templates import load_template
-from pipeline.tokenize import chat_template_of, encode_batch, encoder_spec, load_tokenizer, special_token_ids
+from pipeline.tokenize import (
+    added_token_classes,
+    chat_template_of,
+    encode_batch,
+    encoder_spec,
+    load_tokenizer,
+    special_token_ids,
+)
 from schemas.config import RenderConfig
 from tests.chats import WITH_SYSTEM, hf_messages
 from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
@@ -111,3 +118,15 @@ def test_encoder_spec_holds_what_the_tokenizer_json_says(name):
     assert spec["added_tokens"] == [{k: t[k] for k in spec["added_tokens"][0]} for t in whole["added_tokens"]]
     assert spec["model"] == {k: whole["model"][k] for k in spec["model"]}
     assert spec["model"]["type"] == whole["model"]["type"] and (spec["model"]["type"] != "BPE" or len(spec["model"]) == 5)
+
+
+def test_added_tokens_are_control_tokens_when_special_or_written_by_the_template():
+    """Qwen2.5: special tokens and the template's own `<tool_call>` are control tokens; `<|fim_prefix|>` and its kin,
+    neither special nor in the template, are the other class."""
+    tokenizer = real_tokenizer("qwen2.5")
+    control, other = added_token_classes(tokenizer, tokenizer.chat_template)
+    assert {"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>"} <= set(control)
+    assert {"<|fim_prefix|>", "<|file_sep|>", "<|repo_name|>"} <= set(other)
+    assert not set(control) & set(other)
+    _, without_tools = added_token_classes(tokenizer, "{{ messages[0].content }}<|im_end|>")
+    assert "<tool_call>" in without_tools  # not special: a control token only where the template writes it
