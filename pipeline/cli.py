@@ -124,7 +124,8 @@ _PRESET_CHOICE = click.Choice(["default", "glm4", "trl_completion_only", "rasbt"
 @click.option("--encoder", type=click.Choice(["auto", "hf", "tiktoken"]),
               help="Token encoder: tiktoken where it is proven identical to the tokenizer, else hf [default: auto].")
 @click.option("--allow-special-tokens", is_flag=True, default=None,
-              help="Keep rows whose text contains special tokens (they are then tokenized as control tokens).")
+              help="Keep rows that type control tokens as text in any field the chat template is given (they are "
+                   "then tokenized as control tokens).")
 @click.option("--format", "fmt", type=click.Choice(["auto", "glm", "openai", "sharegpt", "alpaca", "csv"]),
               help="Input format [default: auto].")
 @click.option("--csv-map", callback=_csv_map_option, metavar="ROLE=COL,...", help="CSV columns per role.")
