@@ -313,6 +313,8 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--tiny-hidden", int, "Tiny model width.")
 @_flag("--tiny-heads", int, "Tiny model attention heads.")
 @_flag("--resume/--no-resume", help_="Continue from the newest checkpoint in --out.")
+@_flag("--allow-schedule-change/--no-allow-schedule-change",
+       help_="Let --resume change lr, min_lr, schedule, warmup, length or optimizer settings (noted in metrics.jsonl).")
 @_flag("--batch-size", int, "Sequences (packed rows when packing) per micro-batch, per rank.")
 @_flag("--batch-tokens", int, "Or: at most this many (padded) tokens per micro-batch.")
 @_flag("--grad-accum", int, "Micro-batches per optimizer step, per rank.")

@@ -19,6 +19,14 @@ RESUME_FIXED = (
     "lora_target_modules", "packing", "pack_length", "batch_size", "batch_tokens", "grad_accum", "bucket_batches",
     "seed",
 )
+# Options that set the learning rate, the run's length or the optimizer's update. Changing one on resume changes the
+# run's outcome (the LR jumps, the cosine restarts elsewhere), so it is refused unless `allow_schedule_change` is
+# set; an allowed change is printed and noted in metrics.jsonl. Every other option (eval, save, log, device,
+# precision, gradient checkpointing) may change freely.
+RESUME_SCHEDULE = (
+    "lr", "min_lr", "schedule", "warmup_steps", "max_steps", "epochs", "weight_decay", "beta1", "beta2", "grad_clip",
+    "lora_dropout",
+)
 
 
 class TrainConfig(BaseModel):
@@ -28,6 +36,7 @@ class TrainConfig(BaseModel):
     data: Path = Field(description="shard directory written by `preprocess` (manifest.json, train/, tokenizer/)")
     out: Path = Field(description="run directory: metrics.jsonl, loss.png, checkpoints/, final/")
     resume: bool = False  # continue from the newest checkpoint in `out`
+    allow_schedule_change: bool = False  # let a resumed run change RESUME_SCHEDULE options (noted in metrics.jsonl)
     # model
     model: str = "tiny"  # "tiny" (random init, sized to the shards' vocabulary) or a local pretrained model dir
     tiny_arch: Literal["llama", "qwen2"] = "llama"

@@ -2,7 +2,8 @@
 so a crash mid-save leaves the previous checkpoints intact. The newest `keep` are kept.
 
 A checkpoint is one dict: model and optimizer state, the step (the LR schedule is a pure function of it), the data
-position (global micro-batch index), every rank's RNG state, and the config.
+position (global micro-batch index), every rank's RNG state, the number of ranks, the config, and which data it was
+trained on (`resume.data_record`): everything `--resume` needs to continue exactly or to say why it cannot.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from pipeline.errors import InputError
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_KEYS = ("model", "optimizer", "step", "micro_batch", "rng", "config", "world_size", "data")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -48,9 +50,14 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], *, step: int, keep: in
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which one
         raise InputError(f"{path}: unreadable checkpoint: {e}") from None
+    missing = [k for k in _KEYS if k not in state] if isinstance(state, dict) else list(_KEYS)
+    if missing:
+        raise InputError(f"{path}: not a checkpoint this trainer can resume exactly (no {', '.join(missing)}; "
+                         "written by an older version?); start a new run in another --out")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

@@ -31,9 +31,10 @@ from pipeline.train.checkpoint import list_checkpoints, load_checkpoint, rng_sta
 from pipeline.train.data import Batch, MicroBatches, check_fits, collate, open_shards, plan_eval, steps_for_epochs
 from pipeline.train.loss import token_loss_sum
 from pipeline.train.lr import lr_at
-from pipeline.train.metrics import MetricsLog, plot_losses
+from pipeline.train.metrics import MetricsLog, plot_losses, read_metrics, records_to_keep
 from pipeline.train.model import build_model, save_final
-from schemas.train_config import RESUME_FIXED, TrainConfig
+from pipeline.train.resume import check_resume, data_record
+from schemas.train_config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -121,18 +122,22 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
                            f"epochs={cfg.epochs or 1.0})"])
 
     # -- resume: refuse mismatches before the model is built --------------------------------------------------
+    # A run dir without a checkpoint (killed before its first one) holds nothing to continue: a fresh start over it
+    # is allowed and starts clean.
     checkpoints = list_checkpoints(out)
+    data = data_record(cfg.data)
     if cfg.resume and not checkpoints:
-        raise ConfigError([f"resume: no checkpoint in {out / 'checkpoints'} to resume from"])
-    if not cfg.resume and (checkpoints or (out / "metrics.jsonl").exists()):
-        raise ConfigError([f"out: {out} already holds a run; pass --resume to continue it, or choose a new --out"])
+        raise ConfigError([f"resume: no checkpoint in {out / 'checkpoints'} (a run stopped before its first "
+                           "checkpoint has none): run the same command without --resume to start it from step 0"])
+    if not cfg.resume and (checkpoints or (out / "final").exists()):
+        held = f"checkpoint {checkpoints[-1].name}" if checkpoints else "a final model in final/"
+        raise ConfigError([f"out: {out} already holds a run ({held}); pass --resume to continue it, or choose a "
+                           "new --out"])
     ckpt = load_checkpoint(checkpoints[-1]) if cfg.resume else None
+    schedule_changes, kept_metrics = {}, []
     if ckpt is not None:
-        old = ckpt["config"]
-        diff = [f"{k}: checkpoint has {old.get(k)!r}, this run has {v!r}" for k in RESUME_FIXED
-                if (v := cfg.model_dump(mode="json")[k]) != old.get(k)]
-        if diff:
-            raise ConfigError(["resume needs the checkpoint's values for these options:", *diff])
+        schedule_changes = check_resume(ckpt, cfg, world=world, data=data, max_steps=max_steps)
+        kept_metrics = records_to_keep(read_metrics(out / "metrics.jsonl"), step=ckpt["step"])
     if ddp:
         dist.barrier()  # every rank has looked at `out` before rank 0 writes anything there
 
@@ -155,8 +160,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
-        if len(ckpt["rng"]) == world:
-            set_rng_state(ckpt["rng"][rank])
+        set_rng_state(ckpt["rng"][rank])  # the same number of ranks: checked above
         del ckpt  # free host memory
 
     n_params = sum(p.numel() for p in raw_model.parameters())
@@ -171,7 +175,11 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         print(f"model: {cfg.model}, {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in params) / 1e6:.2f}M "
               f"trained); {world} rank(s) x {cfg.grad_accum} micro-batches per step; {max_steps} steps"
               + (f", resuming at step {step}" if step else "") + f"; {'bf16' if bf16 else 'fp32'} on {device.type}")
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if cfg.resume else None) if master else None
+    metrics = MetricsLog(out / "metrics.jsonl", keep=kept_metrics) if master else None
+    if master and schedule_changes:
+        metrics.write({"step": step, "resume_changes": schedule_changes})
+        print(f"resume at step {step} with schedule changes (--allow-schedule-change): "
+              + ", ".join(f"{k} {c['from']} -> {c['to']}" for k, c in schedule_changes.items()))
     rank_log = None
     if cfg.rank_log:
         (out / "ranks").mkdir(parents=True, exist_ok=True)
@@ -212,6 +220,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
                 "rng": rngs,
                 "config": cfg.model_dump(mode="json"),
                 "world_size": world,
+                "data": data,
             }, step=step, keep=cfg.keep_checkpoints)
         if ddp:
             dist.barrier()

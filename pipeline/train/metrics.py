@@ -2,29 +2,65 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputError
+
 
 class MetricsLog:
-    """Appends one JSON line per record. On resume, lines past the checkpoint's step are dropped first, so a
-    resumed run's file reads as if the run had never stopped."""
+    """Appends one JSON line per record. Opening it rewrites the file with `keep`: nothing for a fresh run, the
+    records up to the checkpoint's step on resume (`records_to_keep`), so a resumed run's file reads as if the run
+    had never stopped."""
 
-    def __init__(self, path: Path, *, resume_step: int | None = None):
+    def __init__(self, path: Path, *, keep: Sequence[dict[str, Any]] = ()):
         self.path = path
-        if resume_step is None:
-            path.write_text("", encoding="utf-8")
-        elif path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp = path.with_name(f".{path.name}.tmp")  # a kill mid-rewrite leaves the old file whole
+        tmp.write_text("".join(_line(r) for r in keep), encoding="utf-8")
+        os.replace(tmp, path)
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(_line(record))
 
     def read(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_metrics(self.path)
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records in `path` ([] when there is none). A last line that does not parse was torn by a kill mid-write
+    and is dropped; a bad line anywhere else raises `InputError` naming the file and line."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return []
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not (isinstance(record, dict) and type(record.get("step")) is int):
+                raise ValueError("no integer 'step'")
+        except ValueError as e:  # also JSONDecodeError and UnicodeDecodeError
+            if n == last:
+                break
+            raise InputError(f"{path}:{n}: not a metrics record ({e}); repair or delete that line to resume") from None
+        records.append(record)
+    return records
+
+
+def records_to_keep(records: list[dict[str, Any]], *, step: int) -> list[dict[str, Any]]:
+    """The records a run resumed at `step` keeps: those up to it, less the note of an earlier resume from that same
+    step (that continuation is being replaced, and the new one writes its own note)."""
+    return [r for r in records if r["step"] < step or (r["step"] == step and "resume_changes" not in r)]
 
 
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:

@@ -132,6 +132,10 @@ def test_torchrun_two_ranks(shards, tmp_path):
     assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])  # disjoint data (3 steps x 8 < 24 samples)
     assert logs[0][-1]["weights_sha256"] == logs[1][-1]["weights_sha256"]  # identical weights at the end
     assert len(losses(out)) == 3 and (out / "final" / "config.json").exists()
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"written by 2 rank\(s\), this run has 1; resume with 2"):
+        run(shards, out, max_steps=3, batch_size=2, grad_accum=2, lr=3e-4, min_lr=3e-5, device="cpu", resume=True)
 
 
 def test_cli_errors_exit_2_without_traceback(shards, saved_model, tmp_path):
