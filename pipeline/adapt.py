@@ -1,5 +1,6 @@
-"""Format detection and one adapter per input format: a raw record (parsed by Python's json, or a CSV row of
-strings) -> `schemas.records.Conversation`, or the `RowError` that says why not.
+"""Format detection and one adapter per input format: a raw record (parsed JSON, or a CSV row of strings) ->
+`schemas.records.Conversation`, or the `RowError` that says why not. JSON text inside a record (a CSV messages cell,
+tools or tool-call arguments given as a string) is read by the same rules as the record (`pipeline.json_text`).
 
 Each adapter validates the record with its model from `schemas.sources` (types; errors carry pydantic's `loc` as the
 field) and then maps meaning: role spellings, tool definitions, tool calls, content parts, loss flags. The rules of
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from pipeline import json_text
 from pipeline.errors import RowError
 from pipeline.validate import check_conversation
 from schemas.records import Conversation, Message, ToolCall
@@ -101,9 +103,9 @@ def detect_record_format(record: Any) -> str | None:
 # --- pieces shared by the adapters ----------------------------------------------------------------------------------
 def _json(text: str, reason: str, field: str, what: str) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise Reject(reason, field, f"{what}: not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}") from None
+        return json_text.loads(text)
+    except json_text.JsonProblem as problem:
+        raise Reject(reason, field, f"{what}: {problem}: {text[:80]!r}") from None
 
 
 def _arguments(value: Any, field: str) -> dict[str, Any]:

@@ -8,7 +8,8 @@ Rows, counted the same way everywhere (`row` is 1-based):
 Memory stays flat: JSONL and CSV are read line by line from a binary stream (each line decoded alone, so a decoding
 failure names its byte offset), and a JSON array is parsed element by element with `json.JSONDecoder.raw_decode` over
 a sliding buffer. `.gz` files are decompressed on the fly (byte offsets are then offsets into the decompressed data).
-A bad line is a `RowError`; a file that cannot be read at all raises `InputError`.
+Every record's JSON is read with `pipeline.json_text`'s rules (exact numbers, bounded nesting), whatever its container.
+A bad line or element is a `RowError`; a file that cannot be read at all raises `InputError`.
 """
 from __future__ import annotations
 
@@ -24,9 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
-from pipeline import adapt
+from pipeline import adapt, json_text
 from pipeline.errors import ConfigError, InputError, RowError
 from schemas.records import Conversation
 from schemas.sources import SourceConfig
@@ -36,7 +35,6 @@ _CHUNK = 1 << 18  # characters decoded per read of a JSON array; grows while one
 _MAX_ELEMENT = 1 << 28  # a JSON array element larger than this (256 Mi characters) is refused, not buffered forever
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way a lone surrogate gets into decoded text
 csv.field_size_limit(1 << 30)  # the default 128 KiB limit refuses long answers; this is process-wide, as csv is
 
 
@@ -192,7 +190,9 @@ class _TextStream:
             self.more()
 
     def value(self) -> Any:
-        """Decode the JSON value at pos, reading more until it is complete."""
+        """Decode the JSON value at pos, reading more until it is complete. A value that is complete but cannot be
+        decoded (nested too deep for the parser, an integer past Python's digit limit) is stepped over, and its
+        problem raised as `JsonProblem`."""
         size = _CHUNK
         while True:
             try:
@@ -202,6 +202,14 @@ class _TextStream:
                 if self.eof or not incomplete:
                     line = self.line_at(self.pos) + self.buf.count("\n", self.pos, e.pos)
                     raise InputError(f"{self.path}: line {line}: invalid JSON: {e.msg}") from None
+            except (RecursionError, ValueError) as e:
+                end = json_text.value_end(self.buf, self.pos)
+                if end is not None and (end < len(self.buf) or self.eof):
+                    self.value_start, self.pos = self.pos, end
+                    raise json_text.problem_of(e) from None
+                if self.eof:
+                    where = f"line {self.line_at(self.pos)}"
+                    raise InputError(f"{self.path}: {where}: invalid JSON: the file ends inside a value") from None
             else:
                 if end < len(self.buf) or self.eof:  # a number at the end of the buffer may go on
                     self.value_start, self.pos = self.pos, end
@@ -254,13 +262,14 @@ def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
 
 
 def _json_record(s: _TextStream, source: str, row: int, line: int | None) -> RawRecord | RowError:
-    """The JSON value at the stream's position as record `row`, or an `invalid_json` row when it holds a lone
-    surrogate escape (looked for only when its raw text has such an escape)."""
-    value = s.value()
-    problem = _lone_surrogate(value) if _SURROGATE_ESCAPE.search(s.buf, s.value_start, s.pos) else None
-    if problem:
+    """The JSON value at the stream's position as record `row`, or an `invalid_json` row when it cannot be used."""
+    try:
+        value = s.value()
+        json_text.check(value, s.buf, s.value_start, s.pos)
+    except json_text.JsonProblem as problem:
         raw = s.buf[s.value_start : s.pos]
-        return RowError(source, row, "invalid_json", problem, raw=raw, id=adapt.record_id(raw, source=source, row=row))
+        rid = adapt.record_id(raw, source=source, row=row)
+        return RowError(source, row, "invalid_json", str(problem), raw=raw, id=rid, extra={"line": line} if line else {})
     return RawRecord(source, row, value, line)
 
 
@@ -270,32 +279,16 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
         if not text.strip():
             continue
         try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            try:
-                data = json.loads(text)  # what orjson refuses but the json module reads: NaN, integers over 64 bits
-            except json.JSONDecodeError as e:
-                yield _bad_line(source, lineno, text, f"invalid JSON at column {e.colno}: {e.msg}")
-                continue
-            if problem := _lone_surrogate(data):
-                yield _bad_line(source, lineno, text, problem)
-                continue
+            data = json_text.loads(text)
+        except json_text.JsonProblem as problem:
+            yield _bad_line(source, lineno, text, str(problem))
+            continue
         yield RawRecord(source, lineno, data)
 
 
 def _bad_line(source: str, lineno: int, text: str, message: str) -> RowError:
     raw = text.rstrip("\r\n")
     return RowError(source, lineno, "invalid_json", message, raw=raw, id=adapt.record_id(raw, source=source, row=lineno))
-
-
-def _lone_surrogate(value: Any) -> str | None:
-    """Why a decoded JSON value cannot be used as text: a `\\uD800`-style escape with no pair, which no UTF-8 text
-    (nor a tokenizer) can hold. None when the value is fine."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"invalid JSON: a lone surrogate {e.object[e.start]!r} escape (not a Unicode character)"
-    return None
 
 
 def _csv_reader(path: Path, encoding: str) -> tuple[list[str], Any]:

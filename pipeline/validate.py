@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import RowError
+from pipeline.json_text import MAX_DEPTH
 from pipeline.progress import progress
 from schemas.records import Conversation
 from schemas.sources import SourceConfig
 
 REASONS = {
     # ingest: the line is not a record
-    "invalid_json": "a JSONL line (or a CSV messages cell) is not valid JSON",
+    "invalid_json": "a record's JSON (a line, an array element, a CSV messages cell) is not valid JSON, or is nested "
+                    f"deeper than {MAX_DEPTH} levels, or holds an integer past Python's digit limit",
     "invalid_csv": "bad CSV quoting, or a row with a different number of fields than the header",
     # adapt: the record does not map to a conversation
     "wrong_type": "a field has the wrong JSON type (the field path comes from pydantic's loc)",

@@ -24,6 +24,7 @@ from pipeline.ingest import (
 )
 from schemas.records import Conversation
 from schemas.sources import SourceConfig
+from tests.containers import BIG, CONTAINERS, LIMIT_ROWS, SOURCE, as_json_string, row_numbers, tool_call, write_records
 
 DATA = Path(__file__).parent / "data" / "ingest"
 SRC = SourceConfig()
@@ -126,6 +127,85 @@ def test_jsonl_keeps_what_the_json_module_reads(tmp_path):
     assert got.data["id"] == 2**70 and got.data["score"] != got.data["score"]
 
 
+# --- numbers and nesting --------------------------------------------------------------------------------------------
+def _read_in(tmp_path, monkeypatch, rows: list[str], kind: str) -> tuple[Path, list]:
+    """`rows` read back from `kind`: a container, or `json in 7-character reads` (every value straddles reads)."""
+    if kind == "json in 7-character reads":
+        import pipeline.ingest as ingest
+
+        monkeypatch.setattr(ingest, "_CHUNK", 7)
+        kind = "json"
+    path = write_records(tmp_path, "rows", rows, kind)
+    return path, list(read_conversations([path], SOURCE))
+
+
+@pytest.mark.parametrize("kind", CONTAINERS)
+def test_integers_beyond_64_bits_stay_exact_in_every_container(tmp_path, monkeypatch, kind):
+    """Wherever the JSON text is (a line, an array element, a CSV cell, a tools or arguments string), an integer is
+    the integer written, never a float rounded from it."""
+    tools = as_json_string(f'[{{"type": "function", "function": {{"name": "f", "parameters": {{"maximum": {BIG}}}}}}}]')
+    rows = [
+        tool_call(f'{{"account": {BIG}}}', record_id=str(BIG)),
+        tool_call(as_json_string(f'{{"account": {BIG}, "other": -{BIG}}}'), record_id=str(BIG + 1)).replace(
+            '"tools": [{"type": "function", "function": {"name": "open_account"}}]', f'"tools": {tools}'),
+    ]
+    _, items = _read_in(tmp_path, monkeypatch, rows, kind)
+    assert all(isinstance(c, Conversation) for c in items), items
+    first, second = items
+    if kind != "csv":  # a CSV row's id is its own column's, not one inside the messages cell
+        assert (first.id, second.id) == (str(BIG), str(BIG + 1))
+    assert first.messages[1].tool_calls[0].arguments == {"account": BIG}
+    assert second.messages[1].tool_calls[0].arguments == {"account": BIG, "other": -BIG}
+    assert second.tools[0]["function"]["parameters"]["maximum"] == BIG
+    assert type(second.messages[1].tool_calls[0].arguments["account"]) is int
+
+
+FLOATS = ["0.1", "1e400", "-1e400", "-0.0", "5e-324", "1e-400", "2.2250738585072014e-308", "1.7976931348623157e308",
+          "0.30000000000000004", "1E+2", "123456789012345678901234567890.5", "18446744073709551616.0", "NaN", "-Infinity"]
+
+
+@pytest.mark.parametrize("kind", CONTAINERS)
+@pytest.mark.parametrize("as_string", [False, True], ids=["object", "json string"])
+def test_floats_read_as_python_reads_them_in_every_container(tmp_path, monkeypatch, kind, as_string):
+    """A row per float, so each goes the way its own text takes (orjson, or Python's json for `NaN`, `1e400` or 20
+    digits in a row): both round correctly, to the nearest double."""
+    arguments = ['{"x": ' + text + "}" for text in FLOATS]
+    rows = [tool_call(as_json_string(a) if as_string else a) for a in arguments]
+    _, items = _read_in(tmp_path, monkeypatch, rows, kind)
+    got = [conv.messages[1].tool_calls[0].arguments["x"] for conv in items]
+    assert [repr(x) for x in got] == [repr(float(text)) for text in FLOATS]
+
+
+@pytest.mark.parametrize("kind", [*CONTAINERS, "json in 7-character reads"])
+def test_rows_too_deep_or_with_too_long_integers_are_rejected_and_reading_goes_on(tmp_path, monkeypatch, kind):
+    """A value nested past the limit (even past the parser's own recursion limit) or an integer past Python's digit
+    limit rejects its row with the cause; the rows after it are read. Rows at the limit are read."""
+    rows = [text for text, _ in LIMIT_ROWS]
+    path, items = _read_in(tmp_path, monkeypatch, rows, kind)
+    expected = [reason if reason in ("invalid_json", "invalid_tool_arguments") else None for _, reason in LIMIT_ROWS]
+    assert [i.reason if isinstance(i, RowError) else None for i in items] == expected, items
+    assert [i.row for i in items] == row_numbers(kind.split()[0], len(rows))
+    deep, deeper, digits, *_ = (i for i in items if isinstance(i, RowError))
+    for error in (deep, deeper):
+        assert "nested deeper than 100 levels" in error.message
+    assert "4301 digits" in digits.message and "integer" in digits.message
+    assert "nested deeper than 100 levels" in items[-1].message and items[-1].field.endswith("arguments")
+    for error in (deep, deeper, digits):
+        assert str(error).startswith(f"{path}:{error.row}: ")
+        if kind == "csv":
+            assert error.raw == {"messages": rows[items.index(error)]} and error.field == "messages"
+        else:
+            assert error.raw == rows[items.index(error)]
+        if kind not in ("jsonl", "csv"):  # an array element's row is its index; the line it starts on is kept
+            assert error.extra["line"] == items.index(error) + 2
+
+
+def test_a_single_object_file_too_deep_is_one_rejected_row(tmp_path):
+    path = write(tmp_path / "one.json", LIMIT_ROWS[1][0])
+    (item,) = records(path)
+    assert isinstance(item, RowError) and item.row == 1 and "nested deeper than 100 levels" in item.message
+
+
 def test_invalid_utf8_names_file_line_and_byte_offset():
     path = DATA / "bad_utf8.jsonl"
     first_line = path.read_bytes().split(b"\n")[0]
@@ -167,6 +247,7 @@ def test_single_object_json_and_jsonl_named_json(tmp_path):
         ('[{"a": 1}] [', "extra data after the JSON array"),
         ('\n\n"just a string"', "line 3: expected a JSON array or object"),
         ('[\n{"a": 1},\n{"a": 1 2}]', "line 3: invalid JSON"),
+        ('[\n{"a": 1},\n{"a": ' + "[" * 1100, "line 3: invalid JSON: the file ends inside a value"),  # too deep, cut
     ],
 )
 def test_malformed_json_files_are_input_errors_with_lines(tmp_path, text, match):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -14,6 +15,8 @@ from pipeline.run import preprocess
 from pipeline.shards import sha256_file
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, demo_tokenizer, real_tokenizer, shared_path
+
+from tests.containers import BIG, CONTAINERS, LIMIT_ROWS, row_numbers, tool_call, write_records
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
@@ -369,3 +372,43 @@ def test_added_tokens_typed_as_text_are_noted_for_written_rows_only(tmp_path):
     assert accounting["notes"] == {"added_token_in_text": 1}
     assert [(w["row"], w["reason"], w["field"], w["added_tokens"]) for w in _warnings(out)] == [
         (1, "added_token_in_text", "messages.1.content", {"messages.1.content": ["<|fim_prefix|>"]})]
+
+
+def _limit_files(tmp_path) -> list[Path]:
+    return [write_records(tmp_path, "rows", [text for text, _ in LIMIT_ROWS], kind) for kind in CONTAINERS]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rows_too_deep_or_with_too_long_integers_are_rejected_and_the_run_goes_on(tmp_path, workers):
+    """Such rows are rejected in every container, and rows at the limit go through every later stage (validation,
+    rendering, a rejection after adapting, rejects.jsonl, worker processes) without a RecursionError."""
+    files = _limit_files(tmp_path)
+    out = tmp_path / "out"
+    manifest = preprocess(_config(files, **{"source.csv_messages_column": "messages", "output.workers": workers}), out)
+    acc = manifest["accounting"]
+    expected = Counter(reason for _, reason in LIMIT_ROWS * len(files) if reason)
+    assert acc["rejected_reasons"] == dict(expected)
+    assert acc["read"] == len(LIMIT_ROWS) * len(files) == acc["written"] + acc["rejected"] + acc["filtered"]
+    assert acc["written"] == sum(reason is None for _, reason in LIMIT_ROWS) * len(files)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    for path in files:
+        rows = row_numbers(path.suffix[1:], len(LIMIT_ROWS))
+        got = sorted((r["row"], r["reason"]) for r in rejects if r["source"] == str(path))
+        assert got == [(row, reason) for row, (_, reason) in zip(rows, LIMIT_ROWS) if reason]
+    assert all(r["raw"] for r in rejects)
+
+
+def test_integers_beyond_64_bits_give_the_same_tokens_from_every_container(tmp_path):
+    """The OpenAI tool-call row with a 30-digit argument, written as JSON Lines, a JSON array and a CSV messages cell,
+    is the same tokens with Qwen2.5's template, and they hold the integer as written."""
+    tokenizer = shared_path("tokenizers", "qwen2.5")
+    files = [write_records(tmp_path, "calls", [tool_call(f'{{"account": {BIG}}}')], kind) for kind in CONTAINERS]
+    out = tmp_path / "out"
+    manifest = preprocess(load_config(None, {"inputs": [str(p) for p in files], "render.tokenizer": str(tokenizer),
+                                             "source.csv_messages_column": "messages"}), out)
+    assert manifest["accounting"]["written"] == 3, manifest["accounting"]
+    train = datasets.load_from_disk(str(out))["train"]
+    ids = {Path(source).suffix: row for source, row in zip(train["source"], train["input_ids"])}
+    assert ids[".jsonl"] == ids[".json"] == ids[".csv"]
+    text = real_tokenizer("qwen2.5").decode(ids[".jsonl"])
+    assert f'"account": {BIG}' in text and "e+29" not in text

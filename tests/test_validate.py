@@ -16,6 +16,7 @@ from pipeline.validate import REASONS, check_conversation, notes_for, validate_i
 from schemas.records import Conversation, Message, ToolCall
 from schemas.sources import SourceConfig
 from tests.conftest import shared_path
+from tests.containers import CONTAINERS, LIMIT_ROWS, write_records
 
 DATA = Path(__file__).parent / "data" / "ingest"
 SAMPLES = Path(__file__).parents[1] / "data" / "samples"
@@ -143,6 +144,19 @@ def test_cli_exit_2_without_traceback(args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_cli_rejects_rows_too_deep_or_with_too_long_integers_and_goes_on(tmp_path):
+    files = [write_records(tmp_path, "rows", [text for text, _ in LIMIT_ROWS], kind) for kind in CONTAINERS]
+    rejects = tmp_path / "rejects.jsonl"
+    result = run(*map(str, files), "--csv-messages-column", "messages", "--json", "--rejects", str(rejects))
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    adapted = [reason for _, reason in LIMIT_ROWS if reason in ("invalid_json", "invalid_tool_arguments")] * len(files)
+    assert summary["reasons"] == {reason: adapted.count(reason) for reason in set(adapted)}
+    assert summary["read"] == len(LIMIT_ROWS) * len(files) == summary["accepted"] + summary["rejected"]
+    lines = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert len(lines) == summary["rejected"] and all(line["raw"] for line in lines)
 
 
 def test_cli_encoding_and_csv_map_options():
