@@ -293,6 +293,8 @@ Examples:
   python -m pipeline train --config data/train.yaml --data out/shards --out out/run
   python -m pipeline train --data out/shards --out out/run --resume         # continue from the newest checkpoint
   python -m pipeline train --data out/shards --out out/run --model ./my-model --lora --lora-r 16
+  python -m pipeline train --data out/shards --out out/run --model ./my-model --lora --quantize 4bit \\
+      --optim paged_adamw_32bit --gradient-checkpointing          # QLoRA: pip install 'chatshard[qlora]'
   python -m pipeline train --data out/shards --out out/run --packing --batch-tokens 8192 --grad-accum 4
   torchrun --standalone --nproc_per_node 2 -m pipeline train --data out/shards --out out/run
 """
@@ -324,6 +326,8 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--min-lr", float, "Cosine floor.")
 @_flag("--schedule", click.Choice(["cosine", "constant"]), "LR schedule after warmup.")
 @_flag("--warmup-steps", int, "Linear warmup steps.")
+@_flag("--optim", click.Choice(["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"]),
+       "Optimizer: torch AdamW, or a bitsandbytes paged / 8-bit AdamW (needs the qlora extra).")
 @_flag("--weight-decay", float, "AdamW weight decay (matrices only).")
 @_flag("--grad-clip", float, "Max gradient norm (0: no clipping).")
 @_flag("--max-steps", int, "Optimizer steps (or use --epochs).")
@@ -334,7 +338,8 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--keep-checkpoints", int, "How many of the newest checkpoints to keep.")
 @_flag("--log-interval", int, "Steps between metrics.jsonl lines.")
 @_flag("--seed", int, "Seed for the model init and the data order.")
-@_flag("--precision", click.Choice(["bf16", "fp32"]), "bf16 autocast on CUDA; CPU always computes in fp32.")
+@_flag("--precision", click.Choice(["bf16", "fp32"]), "bf16: frozen weights (LoRA, QLoRA) in bf16 and bf16 "
+       "autocast; trained weights stay fp32. A full fine-tune on the CPU computes in fp32.")
 @_flag("--device", click.Choice(["auto", "cpu", "cuda"]), "Where to train.")
 @_flag("--gradient-checkpointing/--no-gradient-checkpointing", help_="Recompute activations in backward.")
 @_flag("--lora/--no-lora", help_="Train LoRA adapters (peft) instead of all weights.")
@@ -342,6 +347,9 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--lora-alpha", float, "LoRA alpha.")
 @_flag("--lora-dropout", float, "LoRA dropout.")
 @_flag("--lora-target-modules", str, "Comma-separated module names, e.g. q_proj,v_proj.")
+@_flag("--quantize", click.Choice(["none", "4bit"]), "QLoRA: the base's Linear layers in 4-bit NF4 (bitsandbytes; "
+       "needs --lora and a --model directory).")
+@_flag("--double-quant/--no-double-quant", help_="4-bit: also quantize the quantization scales.")
 @_flag("--rank-log/--no-rank-log", help_="Write ranks/rank<R>.jsonl: sample ids per step and a weights digest.")
 def train_command(config: str | None, **flags) -> None:
     from pipeline.errors import ConfigError, InputError, PipelineError

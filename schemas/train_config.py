@@ -12,12 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.loading import read_yaml_mapping, validate_model
 
-# Options that decide the model, the data order or what one optimizer step contains. A resumed run must use the
-# checkpoint's values for these (the loop refuses a mismatch, naming each field).
+# Options that decide the model (its weights' dtypes too), the optimizer's state, the data order or what one optimizer
+# step contains. A resumed run must use the checkpoint's values for these (the loop refuses a mismatch, naming each).
 RESUME_FIXED = (
     "model", "tiny_arch", "tiny_layers", "tiny_hidden", "tiny_heads", "lora", "lora_r", "lora_alpha",
-    "lora_target_modules", "packing", "pack_length", "batch_size", "batch_tokens", "grad_accum", "bucket_batches",
-    "seed",
+    "lora_target_modules", "quantize", "double_quant", "precision", "optim", "packing", "pack_length", "batch_size",
+    "batch_tokens", "grad_accum", "bucket_batches", "seed",
 )
 # Options that set the learning rate, the run's length or the optimizer's update. Changing one on resume changes the
 # run's outcome (the LR jumps, the cosine restarts elsewhere), so it is refused unless `allow_schedule_change` is
@@ -50,6 +50,9 @@ class TrainConfig(BaseModel):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # QLoRA: the frozen base's Linear layers in 4-bit NF4 (bitsandbytes); needs lora and a pretrained model dir
+    quantize: Literal["none", "4bit"] = "none"
+    double_quant: bool = False  # also quantize the 4-bit layers' scales (about 0.4 bit per weight less)
     # data
     batch_size: int | None = Field(8, ge=1)  # sequences (packed rows when packing) per micro-batch, per rank
     batch_tokens: int | None = Field(None, ge=1)  # or: at most this many padded tokens per micro-batch
@@ -58,6 +61,7 @@ class TrainConfig(BaseModel):
     pack_length: int | None = Field(None, ge=2)  # default: the longest sample in the shards
     bucket_batches: int = Field(16, ge=1)  # padding: shuffle, then sort by length within buckets of this many batches
     # optimizer and schedule
+    optim: Literal["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"] = "adamw"  # all but adamw: bnb
     lr: float = Field(3e-4, gt=0)
     min_lr: float = Field(3e-5, ge=0)  # the cosine floor
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -77,7 +81,9 @@ class TrainConfig(BaseModel):
     rank_log: bool = False  # write ranks/rank<R>.jsonl: the sample ids each rank trained on, and a weights digest
     # system
     seed: int = 0
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast on CUDA; a CPU run always computes in fp32
+    # bf16: frozen weights (LoRA, QLoRA) stored in bf16 and bf16 autocast; trained weights and optimizer state
+    # stay fp32. A full fine-tune on the CPU computes in fp32.
+    precision: Literal["bf16", "fp32"] = "bf16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @model_validator(mode="after")
@@ -99,6 +105,12 @@ class TrainConfig(BaseModel):
         lora_keys = sorted(k for k in set_ if k.startswith("lora_"))
         if lora_keys and not self.lora:
             problems.append(f"{', '.join(lora_keys)} set but lora is false")
+        if self.quantize != "none" and not self.lora:
+            problems.append(f"quantize {self.quantize!r} needs lora: 4-bit weights are frozen, only adapters train")
+        if self.quantize != "none" and self.model == "tiny":
+            problems.append(f"quantize {self.quantize!r} needs a pretrained model directory as model, not 'tiny'")
+        if self.double_quant and self.quantize == "none":
+            problems.append("double_quant is set but quantize is 'none'")
         tiny_keys = sorted(k for k in set_ if k.startswith("tiny_"))
         if tiny_keys and self.model != "tiny":
             problems.append(f"{', '.join(tiny_keys)} set but model is {self.model!r}, not 'tiny'")

@@ -32,7 +32,9 @@ from pipeline.train.data import Batch, MicroBatches, check_fits, collate, open_s
 from pipeline.train.loss import token_loss_sum
 from pipeline.train.lr import lr_at
 from pipeline.train.metrics import MetricsLog, plot_losses, read_metrics, records_to_keep
-from pipeline.train.model import build_model, save_final
+from pipeline.train.model import (build_model, load_trained_state, parameter_count, precision_for, save_final,
+                                  trained_state)
+from pipeline.train.optim import build_optimizer, require_bitsandbytes
 from pipeline.train.resume import check_resume, data_record
 from schemas.train_config import TrainConfig
 
@@ -72,6 +74,7 @@ def train(cfg: TrainConfig) -> TrainResult | None:
         raise ConfigError([f"device: this process is local rank {local_rank}, but only {torch.cuda.device_count()} "
                            "CUDA device(s) are visible: start at most that many processes per node (torchrun "
                            "--nproc_per_node), or train on the CPU with --device cpu"])
+    require_bitsandbytes(cfg)
     if ddp:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -95,9 +98,9 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
         device = torch.device("cpu")
-    # bf16 autocast on CUDA only; master weights and the loss stay fp32. A CPU run computes in fp32.
-    bf16 = cfg.precision == "bf16" and use_cuda and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    # bf16: frozen weights stored in bf16, autocast; trained weights, optimizer state and the loss stay fp32
+    precision = precision_for(cfg, device)
+    autocast = precision.autocast(device)
     torch.manual_seed(cfg.seed)  # same init on every rank; per-rank dropout streams are split just below
     out = cfg.out
 
@@ -143,27 +146,24 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
 
     # -- model and optimizer ----------------------------------------------------------------------------------
     longest = max(pack_length, int(eval_split.lengths.max()) if eval_split is not None else 0)
-    model = build_model(cfg, vocab_size=shards.vocab_size, max_length=longest, pad_token_id=shards.pad_token_id,
-                        bos_token_id=shards.bos_token_id, eos_token_id=shards.eos_token_id).to(device)
+    model = build_model(cfg, precision=precision, device=device, vocab_size=shards.vocab_size, max_length=longest,
+                        pad_token_id=shards.pad_token_id, bos_token_id=shards.bos_token_id,
+                        eos_token_id=shards.eos_token_id)
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout differs per rank; the data order does not use torch RNG
     raw_model = model
     if ddp:
         model = DDP(model, device_ids=[device.index] if use_cuda else None)
     params = [p for p in raw_model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not norms or biases
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=use_cuda or None)
+    optimizer = build_optimizer(cfg, params, fused=use_cuda)
     step = 0
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
+        load_trained_state(raw_model, ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         set_rng_state(ckpt["rng"][rank])  # the same number of ranks: checked above
         del ckpt  # free host memory
 
-    n_params = sum(p.numel() for p in raw_model.parameters())
+    n_params = parameter_count(raw_model)
     if master:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -174,7 +174,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
               + f", vocab {shards.vocab_size}; {'packed rows of ' + str(pack_length) if cfg.packing else 'padded'}")
         print(f"model: {cfg.model}, {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in params) / 1e6:.2f}M "
               f"trained); {world} rank(s) x {cfg.grad_accum} micro-batches per step; {max_steps} steps"
-              + (f", resuming at step {step}" if step else "") + f"; {'bf16' if bf16 else 'fp32'} on {device.type}")
+              + (f", resuming at step {step}" if step else "") + f"; {precision.describe()} on {device.type}")
     metrics = MetricsLog(out / "metrics.jsonl", keep=kept_metrics) if master else None
     if master and schedule_changes:
         metrics.write({"step": step, "resume_changes": schedule_changes})
@@ -213,7 +213,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
             rngs = [rng_state()]
         if master:
             save_checkpoint(out, {
-                "model": raw_model.state_dict(),
+                "model": trained_state(raw_model),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "micro_batch": step * per_step,  # the data position: global index of the next micro-batch

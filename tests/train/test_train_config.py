@@ -47,3 +47,17 @@ def test_frozen_and_strict():
     cfg = TrainConfig(**BASE)
     with pytest.raises(Exception):
         cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_quantize_needs_lora_and_a_model_dir():
+    with pytest.raises(ConfigError) as e:
+        load_train_config(overrides={**BASE, "quantize": "4bit"})
+    text = str(e.value)
+    assert "quantize '4bit' needs lora" in text and "needs a pretrained model directory" in text
+    with pytest.raises(ConfigError, match="double_quant is set but quantize is 'none'"):
+        load_train_config(overrides={**BASE, "double_quant": True})
+    cfg = load_train_config(overrides={**BASE, "model": "m", "lora": True, "quantize": "4bit", "double_quant": True,
+                                       "optim": "paged_adamw_32bit"})
+    assert (cfg.quantize, cfg.double_quant, cfg.optim) == ("4bit", True, "paged_adamw_32bit")
+    with pytest.raises(ConfigError, match="optim"):
+        load_train_config(overrides={**BASE, "optim": "sgd"})

@@ -1,4 +1,5 @@
-"""The trainer's CUDA paths: bf16 autocast, fused AdamW, exact resume and NCCL. They need a CUDA device.
+"""The trainer's CUDA paths: bf16 autocast, fused AdamW, exact resume, NCCL, QLoRA with a paged optimizer. They need
+a CUDA device.
 
 On a machine without one every test here is skipped (CI has none); the CPU paths are covered by the other tests.
 """
@@ -7,10 +8,11 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from importlib.util import find_spec
 
 import pytest
 import torch
-from train_helpers import run_cli, write_shards
+from train_helpers import VOCAB, run_cli, write_shards
 
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
@@ -77,3 +79,26 @@ def test_torchrun_nccl_one_rank_equals_plain_run(shards, tmp_path):
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4)
     log = [json.loads(line) for line in (tmp_path / "ddp" / "ranks" / "rank0.jsonl").read_text().splitlines()]
     assert len([r for r in log if "ids" in r]) == 4 and "weights_sha256" in log[-1]
+
+
+@pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="the qlora extra (bitsandbytes) is absent")
+def test_qlora_paged_adamw_resumes_on_cuda(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "m")
+    shards = write_shards(tmp_path / "s", n_train=16, n_eval=4, tokenizer=True)
+    opts = {"data": str(shards), "model": str(tmp_path / "m"), "device": "cuda", "batch_size": 4, "lr": 1e-2,
+            "min_lr": 1e-3, "lora": True, "lora_r": 4, "quantize": "4bit", "optim": "paged_adamw_32bit",
+            "gradient_checkpointing": True, "max_steps": 4, "save_interval": 2}
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(load_train_config(overrides={**opts, "out": str(full)}))
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "checkpoints" / "step_0000002.pt", part / "checkpoints")
+    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    train(load_train_config(overrides={**opts, "out": str(part), "resume": True}))
+    assert len(losses(full)) == 4 and torch.isfinite(torch.tensor(losses(full))).all()
+    assert losses(part) == pytest.approx(losses(full), rel=1e-5, abs=1e-6)
+    final = AutoModelForCausalLM.from_pretrained(full / "final")
+    assert final(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, VOCAB)
