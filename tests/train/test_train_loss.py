@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import write_shards
+from train_helpers import tiny_model, write_shards
 
 from pipeline.train.data import collate, open_shards
 from pipeline.train.loop import micro_steps
@@ -20,18 +20,6 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     return open_shards(write_shards(tmp_path_factory.mktemp("shards") / "s", n_train=16, n_eval=0)).splits["train"]
-
-
-def tiny_model(attn: str = "sdpa", seed: int = 0, arch: str = "llama", tied: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
-    torch.manual_seed(seed)
-    config = config_cls(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, use_cache=False,
-                        tie_word_embeddings=tied)
-    config._attn_implementation = attn
-    return model_cls(config)
 
 
 def grads_of(model, batches):
@@ -123,6 +111,26 @@ def test_chunked_loss_with_lora_and_gradient_checkpointing(split):
     chunked = TrainedTokenLoss(model, chunk=16)
     assert chunked.full_logits_reason is None
     assert_same_loss_and_grads(model, batch, chunked)
+
+
+def test_chunked_loss_under_bf16_autocast(split):
+    """As the trainer runs on CUDA with bf16 (CPU autocast stands in): head matmuls in bf16, softmax and sums fp32."""
+    model = tiny_model(arch="qwen2", tied=True)
+    batch = collate(split, [[i] for i in range(5)], pad_id=0, packing=False)
+    chunked = TrainedTokenLoss(model, chunk=16)
+
+    def under_autocast(compute):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = compute()
+        assert loss.dtype == torch.float32
+        return loss
+
+    loss_a, grads_a = loss_and_grads(model, lambda: under_autocast(lambda: full_logits_loss(model, batch)))
+    loss_b, grads_b = loss_and_grads(model, lambda: under_autocast(
+        lambda: chunked(**batch.model_inputs(CPU), labels=batch.labels)))
+    assert loss_b == pytest.approx(loss_a, rel=1e-4)
+    for name in grads_a:  # the reference rounds the head's gradient to bf16; the chunks accumulate it in fp32
+        assert (grads_b[name] - grads_a[name]).norm() <= 1e-2 * grads_a[name].norm(), name
 
 
 def test_soft_capped_logits_fall_back_to_full_logits(split):
