@@ -322,6 +322,8 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--schedule", click.Choice(["cosine", "constant"]), "LR schedule after warmup.")
 @_flag("--warmup-steps", int, "Linear warmup steps.")
 @_flag("--weight-decay", float, "AdamW weight decay (matrices only).")
+@_flag("--neftune-alpha", float, "NEFTune: uniform noise alpha/sqrt(L*d) on the input embeddings in training "
+       "forwards (L: each sample's length, d: hidden size) [default: off].")
 @_flag("--grad-clip", float, "Max gradient norm (0: no clipping).")
 @_flag("--max-steps", int, "Optimizer steps (or use --epochs).")
 @_flag("--epochs", float, "Passes over the train split.")

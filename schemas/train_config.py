@@ -54,6 +54,7 @@ class TrainConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)  # applied to matrices only, not to norms and biases
+    neftune_alpha: float | None = Field(None, gt=0)  # NEFTune: training noise alpha/sqrt(L*d) on the input embeddings
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 disables clipping

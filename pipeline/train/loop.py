@@ -33,6 +33,7 @@ from pipeline.train.loss import TrainedTokenLoss
 from pipeline.train.lr import lr_at
 from pipeline.train.metrics import MetricsLog, plot_losses
 from pipeline.train.model import build_model, save_final
+from pipeline.train.neftune import NEFTune
 from schemas.train_config import RESUME_FIXED, TrainConfig
 
 
@@ -144,6 +145,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
     raw_model = model
     loss_model = TrainedTokenLoss(raw_model)  # body -> trained positions -> head and cross-entropy in chunks
     model = DDP(loss_model, device_ids=[device.index] if use_cuda else None) if ddp else loss_model
+    neftune = NEFTune(raw_model.get_input_embeddings(), cfg.neftune_alpha) if cfg.neftune_alpha else None
     params = [p for p in raw_model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not norms or biases
     no_decay = [p for p in params if p.dim() < 2]
@@ -238,7 +240,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
             dist.all_reduce(counts)
         trained_total = counts[0].clamp(min=1)
         loss_sum = micro_steps(model, batches, trained_total=trained_total, world=world, device=device,
-                               autocast=autocast)
+                               autocast=autocast, neftune=neftune)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -298,19 +300,21 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
 
 
 def micro_steps(model: torch.nn.Module, batches: list[Batch], *, trained_total: torch.Tensor, world: int,
-                device: torch.device, autocast=nullcontext()) -> torch.Tensor:
+                device: torch.device, autocast=nullcontext(), neftune: NEFTune | None = None) -> torch.Tensor:
     """Forward and backward over one optimizer step's micro-batches on this rank; returns the summed token loss.
     `model` returns a batch's summed token loss (`TrainedTokenLoss`, DDP-wrapped under torchrun).
 
     Each micro-batch backpropagates sum(token losses) / `trained_total`, the trained tokens of the whole step over
     all micro-batches and ranks, so the accumulated gradient is that of the token-weighted mean loss, however the
     tokens are spread over micro-batches. DDP averages gradients over ranks when the last micro-batch's backward
-    runs (the others skip the all-reduce, `no_sync`), hence the factor `world`.
+    runs (the others skip the all-reduce, `no_sync`), hence the factor `world`. `neftune` noises the embeddings by
+    each sample's length.
     """
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for micro, batch in enumerate(batches):
         sync = not isinstance(model, DDP) or micro == len(batches) - 1
-        with (nullcontext() if sync else model.no_sync()):
+        noise = neftune.sample_lengths(batch.sample_lengths) if neftune is not None else nullcontext()
+        with (nullcontext() if sync else model.no_sync()), noise:
             with autocast:
                 loss = model(**batch.model_inputs(device), labels=batch.labels.to(device, non_blocking=True))
             (loss * (world / trained_total)).backward()
