@@ -329,6 +329,8 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--optim", click.Choice(["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"]),
        "Optimizer: torch AdamW, or a bitsandbytes paged / 8-bit AdamW (needs the qlora extra).")
 @_flag("--weight-decay", float, "AdamW weight decay (matrices only).")
+@_flag("--neftune-alpha", float, "NEFTune: uniform noise alpha/sqrt(L*d) on the input embeddings in training "
+       "forwards (L: each sample's length, d: hidden size) [default: off].")
 @_flag("--grad-clip", float, "Max gradient norm (0: no clipping).")
 @_flag("--max-steps", int, "Optimizer steps (or use --epochs).")
 @_flag("--epochs", float, "Passes over the train split.")

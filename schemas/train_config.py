@@ -22,10 +22,10 @@ RESUME_FIXED = (
 # Options that set the learning rate, the run's length or the optimizer's update. Changing one on resume changes the
 # run's outcome (the LR jumps, the cosine restarts elsewhere), so it is refused unless `allow_schedule_change` is
 # set; an allowed change is printed and noted in metrics.jsonl. Every other option (eval, save, log, device,
-# precision, gradient checkpointing) may change freely.
+# gradient checkpointing) may change freely.
 RESUME_SCHEDULE = (
     "lr", "min_lr", "schedule", "warmup_steps", "max_steps", "epochs", "weight_decay", "beta1", "beta2", "grad_clip",
-    "lora_dropout",
+    "lora_dropout", "neftune_alpha",
 )
 
 
@@ -67,6 +67,7 @@ class TrainConfig(BaseModel):
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)  # applied to matrices only, not to norms and biases
+    neftune_alpha: float | None = Field(None, gt=0)  # NEFTune: training noise alpha/sqrt(L*d) on the input embeddings
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)  # max global grad norm; 0 disables clipping

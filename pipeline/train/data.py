@@ -232,6 +232,7 @@ class Batch:
     tokens: int  # real (non-pad) tokens
     positions: int  # all positions, padding included
     trained: int  # positions whose shifted label is trained: the loss denominator's share
+    sample_lengths: torch.Tensor  # per position, the length of the sample it belongs to (0 on padding): NEFTune
 
     def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
         out = {"input_ids": self.input_ids.to(device, non_blocking=True)}
@@ -253,6 +254,7 @@ def collate(split: Split, rows: list[list[int]], *, pad_id: int, packing: bool) 
     labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     attention = None if packing else torch.zeros((n, width), dtype=torch.long)
     positions = torch.zeros((n, width), dtype=torch.long) if packing else None
+    sample_lengths = torch.zeros((n, width), dtype=torch.int32)
     samples, tokens = [], 0
     for r, row in enumerate(rows):
         at = 0
@@ -261,6 +263,7 @@ def collate(split: Split, rows: list[list[int]], *, pad_id: int, packing: bool) 
             end = at + len(ids)
             input_ids[r, at:end] = torch.from_numpy(ids.astype(np.int64))
             labels[r, at:end] = torch.from_numpy(lab.astype(np.int64))
+            sample_lengths[r, at:end] = len(ids)
             if packing:
                 labels[r, at] = IGNORE_INDEX
                 positions[r, at:end] = torch.arange(len(ids))
@@ -273,7 +276,7 @@ def collate(split: Split, rows: list[list[int]], *, pad_id: int, packing: bool) 
             positions[r, at:] = torch.arange(width - at)
     trained = int((labels[:, 1:] != IGNORE_INDEX).sum())
     return Batch(input_ids=input_ids, labels=labels, attention_mask=attention, position_ids=positions,
-                 samples=samples, tokens=tokens, positions=n * width, trained=trained)
+                 samples=samples, tokens=tokens, positions=n * width, trained=trained, sample_lengths=sample_lengths)
 
 
 class MicroBatches:

@@ -29,11 +29,12 @@ from tqdm import tqdm
 from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.train.data import Batch, MicroBatches, check_fits, collate, open_shards, plan_eval, steps_for_epochs
-from pipeline.train.loss import token_loss_sum
+from pipeline.train.loss import TrainedTokenLoss
 from pipeline.train.lr import lr_at
 from pipeline.train.metrics import MetricsLog, plot_losses, read_metrics, records_to_keep
 from pipeline.train.model import (build_model, load_trained_state, parameter_count, precision_for, save_final,
                                   trained_state)
+from pipeline.train.neftune import NEFTune
 from pipeline.train.optim import build_optimizer, require_bitsandbytes
 from pipeline.train.resume import check_resume, data_record
 from schemas.train_config import TrainConfig
@@ -151,8 +152,9 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
                         eos_token_id=shards.eos_token_id)
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout differs per rank; the data order does not use torch RNG
     raw_model = model
-    if ddp:
-        model = DDP(model, device_ids=[device.index] if use_cuda else None)
+    loss_model = TrainedTokenLoss(raw_model)  # body -> trained positions -> head and cross-entropy in chunks
+    model = DDP(loss_model, device_ids=[device.index] if use_cuda else None) if ddp else loss_model
+    neftune = NEFTune(raw_model.get_input_embeddings(), cfg.neftune_alpha) if cfg.neftune_alpha else None
     params = [p for p in raw_model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg, params, fused=use_cuda)
     step = 0
@@ -175,6 +177,8 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         print(f"model: {cfg.model}, {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in params) / 1e6:.2f}M "
               f"trained); {world} rank(s) x {cfg.grad_accum} micro-batches per step; {max_steps} steps"
               + (f", resuming at step {step}" if step else "") + f"; {precision.describe()} on {device.type}")
+        if loss_model.full_logits_reason:
+            print(f"loss: on the full logits, not in chunks: {loss_model.full_logits_reason}")
     metrics = MetricsLog(out / "metrics.jsonl", keep=kept_metrics) if master else None
     if master and schedule_changes:
         metrics.write({"step": step, "resume_changes": schedule_changes})
@@ -190,18 +194,17 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         """Token-weighted eval loss over the eval split (each rank a share), reduced over ranks."""
         if eval_split is None:
             return None
-        raw_model.eval()  # not through DDP: ranks may run different numbers of eval batches
+        loss_model.eval()  # not through DDP: ranks may run different numbers of eval batches
         totals = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.no_grad():
             for rows in eval_batches:
                 batch = collate(eval_split, rows, pad_id=pad_id, packing=cfg.packing)
                 with autocast:
-                    logits = raw_model(**batch.model_inputs(device)).logits
-                totals[0] += token_loss_sum(logits, batch.labels).double()
+                    totals[0] += loss_model(**batch.model_inputs(device), labels=batch.labels.to(device)).double()
                 totals[1] += batch.trained
         if ddp:
             dist.all_reduce(totals)
-        raw_model.train()
+        loss_model.train()
         return (totals[0] / totals[1].clamp(min=1)).item()
 
     def checkpoint() -> None:
@@ -246,7 +249,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
             dist.all_reduce(counts)
         trained_total = counts[0].clamp(min=1)
         loss_sum = micro_steps(model, batches, trained_total=trained_total, world=world, device=device,
-                               autocast=autocast)
+                               autocast=autocast, neftune=neftune)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -306,21 +309,23 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
 
 
 def micro_steps(model: torch.nn.Module, batches: list[Batch], *, trained_total: torch.Tensor, world: int,
-                device: torch.device, autocast=nullcontext()) -> torch.Tensor:
+                device: torch.device, autocast=nullcontext(), neftune: NEFTune | None = None) -> torch.Tensor:
     """Forward and backward over one optimizer step's micro-batches on this rank; returns the summed token loss.
+    `model` returns a batch's summed token loss (`TrainedTokenLoss`, DDP-wrapped under torchrun).
 
     Each micro-batch backpropagates sum(token losses) / `trained_total`, the trained tokens of the whole step over
     all micro-batches and ranks, so the accumulated gradient is that of the token-weighted mean loss, however the
     tokens are spread over micro-batches. DDP averages gradients over ranks when the last micro-batch's backward
-    runs (the others skip the all-reduce, `no_sync`), hence the factor `world`.
+    runs (the others skip the all-reduce, `no_sync`), hence the factor `world`. `neftune` noises the embeddings by
+    each sample's length.
     """
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for micro, batch in enumerate(batches):
         sync = not isinstance(model, DDP) or micro == len(batches) - 1
-        with (nullcontext() if sync else model.no_sync()):
+        noise = neftune.sample_lengths(batch.sample_lengths) if neftune is not None else nullcontext()
+        with (nullcontext() if sync else model.no_sync()), noise:
             with autocast:
-                logits = model(**batch.model_inputs(device)).logits
-            loss = token_loss_sum(logits, batch.labels)
+                loss = model(**batch.model_inputs(device), labels=batch.labels.to(device, non_blocking=True))
             (loss * (world / trained_total)).backward()
         loss_sum += loss.detach().double()
     return loss_sum

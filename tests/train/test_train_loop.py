@@ -104,6 +104,22 @@ def test_lora_on_a_saved_model(shards, saved_model, tmp_path):
     assert changed and all("q_proj" in k for k in changed)  # only the adapted layers moved (merged in)
 
 
+def test_full_logits_fallback_says_so_once(shards, tmp_path, capsys):
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    model = tmp_path / "granite"  # logits divided by a scale: the chunked loss does not apply
+    GraniteForCausalLM(GraniteConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=2, logits_scaling=4.0)
+                       ).save_pretrained(model)
+    overrides = {k: v for k, v in FAST.items() if not k.startswith("tiny_")}
+    torch.set_num_threads(1)
+    result = train(load_train_config(overrides={"data": str(shards), "out": str(tmp_path / "run"), "model": str(model),
+                                                **overrides, "max_steps": 2, "eval_interval": 1}))
+    printed = capsys.readouterr().out
+    assert printed.count("loss: on the full logits") == 1 and "'granite'" in printed, printed
+    assert result.eval_loss is not None and len(losses(tmp_path / "run")) == 2
+
+
 BLOCK_TOKENIZERS = """
 import sys
 for name in ("tokenizers", "jinja2", "transformers.models.auto.tokenization_auto"):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 64
@@ -87,3 +88,16 @@ def run_cli(*args: str, env: dict | None = None, prelude: str = "", launcher: li
     code = prelude + "\nimport sys\nfrom pipeline.cli import main\nsys.exit(main())\n"
     cmd = [*launcher, "-m", "pipeline", *args] if launcher else [sys.executable, "-c", code, *args]
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_model(attn: str = "sdpa", seed: int = 0, arch: str = "llama", tied: bool = False):
+    """A seeded 2-layer causal LM over VOCAB tokens; `tied`: its LM head shares the input embedding matrix."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
+    torch.manual_seed(seed)
+    config = config_cls(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, use_cache=False,
+                        tie_word_embeddings=tied)
+    config._attn_implementation = attn
+    return model_cls(config)
