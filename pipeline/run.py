@@ -55,6 +55,7 @@ from pipeline.tokenize import (
     tokenizer_summary,
 )
 from pipeline.truncate import apply_limit, drop_oldest_turn
+from pipeline.workers import start_worker
 from schemas.config import PreprocessConfig
 from schemas.records import Conversation
 
@@ -110,7 +111,8 @@ class Processor:
     def __enter__(self) -> "Processor":
         """Start the worker processes. Where the platform can fork, each worker starts as a copy of this process,
         tokenizer, template and proven encoder included, so it costs no second start-up; elsewhere each builds
-        its own Processor. A worker that dies fails the run with a clear error instead of hanging it.
+        its own Processor. A worker that dies fails the run with a clear error instead of hanging it; a worker dies
+        with this process and leaves Ctrl-C to it (`start_worker`).
 
         Everything alive now (modules, tokenizer, template) lives for the whole run: `gc.freeze` takes it out of
         the garbage collector's full passes, which otherwise rescan it again and again while rows are processed
@@ -120,13 +122,15 @@ class Processor:
         self._froze = gc.get_freeze_count() == 0
         if self._froze:
             gc.freeze()
-        workers = self.config.output.workers
+        workers, parent = self.config.output.workers, os.getpid()
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
             _worker = self
-            self._pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), initializer=_one_thread_per_worker)
+            self._pool = ProcessPoolExecutor(
+                workers, multiprocessing.get_context("fork"), initializer=_init_worker, initargs=(parent, None)
+            )
         elif workers > 1:
             self._pool = ProcessPoolExecutor(
-                workers, multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(self.config,)
+                workers, multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(parent, self.config)
             )
         return self
 
@@ -315,15 +319,14 @@ _FILTER_MESSAGES = {
 _worker: Processor | None = None
 
 
-def _one_thread_per_worker() -> None:
-    """The workers already fill the cores: the HF tokenizer in each encodes on its own thread."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
-def _init_worker(config: PreprocessConfig) -> None:
+def _init_worker(parent: int, config: PreprocessConfig | None) -> None:
+    """First in every worker: it ends with the run (`start_worker`), and encodes on one thread (the workers already
+    fill the cores). A spawned worker (`config` given) builds its own Processor; a forked one has its parent's."""
     global _worker
-    _one_thread_per_worker()
-    _worker = Processor(config)
+    start_worker(parent)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if config is not None:
+        _worker = Processor(config)
 
 
 def _process_batch_in_worker(records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
