@@ -31,6 +31,7 @@ from pipeline.mask import message_regions, token_labels, trained_messages
 from pipeline.presets import glm4_rows, trl_completion_labels
 from pipeline.progress import progress
 from pipeline.render import Rendered, Renderer, holds_reserved_characters, renderer_args
+from pipeline.render_limits import RenderLimits, render_timer
 from pipeline.shards import (
     MANIFEST,
     MANIFEST_VERSION,
@@ -99,7 +100,7 @@ class Processor:
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
         self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads)
         self.control_tokens = control_tokens(self.tokenizer, self.template)
-        self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
+        self.renderer = Renderer(self.template, **renderer_args(self.tokenizer), limits=RenderLimits.of(config.render))
         self.limit = config.truncation.limit(config.mask.preset)
         mask = config.mask
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
@@ -178,6 +179,10 @@ class Processor:
     def process_batch(self, records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
         """What one batch of input records becomes: samples by split, rejected and filtered rows, warnings, counts.
         Every record is counted as read."""
+        with render_timer():  # one signal handler for all of the batch's renderings
+            return self._process_records(records)
+
+    def _process_records(self, records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
         result = ChunkResult()
         result.stats.read += len(records)
         admitted = []
@@ -245,6 +250,10 @@ class Processor:
                 labels = np.append(labels, self.tokenizer.eos_token_id).astype(np.int32)
             if self.config.truncation.strategy == "drop_oldest_turns" and self.limit and len(ids) > self.limit:
                 shortened = self._drop_oldest_turns(conversation)
+                if isinstance(shortened, RowError):
+                    shortened.raw = conversation.model_dump(mode="json", exclude_none=True)
+                    result.rejects.append(shortened)
+                    continue
                 if shortened is not None:
                     ids, labels = shortened
                     result.stats.notes["turns_dropped"] += 1
@@ -265,14 +274,15 @@ class Processor:
         regions = message_regions(render, chosen, train_eot=mask.train_end_of_turn)
         return token_labels(enc.input_ids, enc.spans, render, regions, special_ids=self.special_ids)
 
-    def _drop_oldest_turns(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray] | None:
-        """Drop whole oldest rounds (system kept) until the sample fits; None if it never does."""
+    def _drop_oldest_turns(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray] | RowError | None:
+        """Drop whole oldest rounds (system kept) until the sample fits; None if it never does, the template's
+        error if it refuses a shortened conversation (or goes over a rendering limit on it)."""
         current = drop_oldest_turn(conversation)
         while current is not None:
             chosen = self._checked_messages(current)
             render = _render_or_error(self.renderer, current, chosen)
             if isinstance(render, RowError):
-                return None
+                return render
             (enc,) = self.encode([render.text])
             if len(enc.input_ids) <= self.limit:
                 return enc.input_ids, self._labels(render, enc, chosen)
@@ -281,7 +291,12 @@ class Processor:
 
     def _glm4_batch(self, conversations: list[Conversation], encoded, result: ChunkResult) -> None:
         rows = glm4_rows(self.renderer, self.tokenizer, self.encode, conversations)
-        for conversation, enc, (ids, labels) in zip(conversations, encoded, rows):
+        for conversation, enc, row in zip(conversations, encoded, rows):
+            if isinstance(row, Exception):
+                message = f"the chat template refused a message rendered alone (the glm4 preset's rendering): {row}"
+                result.rejects.append(_row_error(conversation, "template_error", "messages", message))
+                continue
+            ids, labels = row
             if not np.array_equal(ids[:-1], enc.input_ids):
                 result.stats.notes["glm4_per_message_differs"] += 1
                 result.warnings.append(
