@@ -123,6 +123,10 @@ _PRESET_CHOICE = click.Choice(["default", "glm4", "trl_completion_only", "rasbt"
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer's own Python code.")
 @click.option("--encoder", type=click.Choice(["auto", "hf", "tiktoken"]),
               help="Token encoder: tiktoken where it is proven identical to the tokenizer, else hf [default: auto].")
+@click.option("--render-time-limit", type=float, metavar="SECONDS",
+              help="Longest one rendering of the chat template may take; a row over it is rejected [default: 10].")
+@click.option("--render-max-chars", type=int, metavar="N",
+              help="Most characters one rendering may produce; a row over it is rejected [default: 67108864].")
 @click.option("--allow-special-tokens", is_flag=True, default=None,
               help="Keep rows that type control tokens as text in any field the chat template is given (they are "
                    "then tokenized as control tokens).")
@@ -156,6 +160,7 @@ def preprocess_command(inputs, out, config_path, **options) -> None:
     keys = {
         "tokenizer": "render.tokenizer", "chat_template": "render.chat_template",
         "trust_remote_code": "render.trust_remote_code", "encoder": "render.encoder", "allow_special_tokens": "render.allow_special_tokens_in_content",
+        "render_time_limit": "render.time_limit", "render_max_chars": "render.max_chars",
         "fmt": "source.format", "csv_map": "source.csv_map", "csv_messages_column": "source.csv_messages_column",
         "encoding": "source.encoding", "preset": "mask.preset", "roles_to_train": "mask.roles_to_train",
         "last_turn_only": "mask.last_turn_only", "train_on_prompt": "mask.train_on_prompt",

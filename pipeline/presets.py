@@ -35,15 +35,21 @@ def _without_null_properties(tool: dict) -> dict:
     return {**tool, "function": {**function, "parameters": parameters}}
 
 
-def glm4_rows(renderer: Renderer, tokenizer, encode, conversations: list[Conversation]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(input_ids, labels) per conversation as GLM-4's per-message process_batch builds them; `encode` is the
-    run's encoder (texts -> Encoded)."""
+def glm4_rows(
+    renderer: Renderer, tokenizer, encode, conversations: list[Conversation]
+) -> list[tuple[np.ndarray, np.ndarray] | Exception]:
+    """(input_ids, labels) per conversation as GLM-4's per-message process_batch builds them, or the error of the
+    template on one of its messages rendered alone (the row is rejected, not the run); `encode` is the run's
+    encoder (texts -> Encoded)."""
     prefix = tokenizer.convert_tokens_to_ids(list(GLM4_PREFIX))
     per_conversation = [glm4_messages(renderer, c) for c in conversations]
-    texts = [renderer.render_messages([m], None) for ms in per_conversation for m in ms]
-    encoded = iter(encode(texts))
-    rows = []
-    for messages in per_conversation:
+    texts = [_render_each(renderer, messages) for messages in per_conversation]
+    encoded = iter(encode([t for ts in texts if not isinstance(ts, Exception) for t in ts]))
+    rows: list[tuple[np.ndarray, np.ndarray] | Exception] = []
+    for messages, rendered in zip(per_conversation, texts):
+        if isinstance(rendered, Exception):
+            rows.append(rendered)
+            continue
         ids, mask = list(prefix), [False, False]
         for message in messages:
             piece = next(encoded).input_ids[2:].tolist()
@@ -54,6 +60,15 @@ def glm4_rows(renderer: Renderer, tokenizer, encode, conversations: list[Convers
         ids_array = np.array(ids, dtype=np.int64)
         rows.append((ids_array, np.where(shifted, ids_array, IGNORE_INDEX).astype(np.int32)))
     return rows
+
+
+def _render_each(renderer: Renderer, messages: list[dict]) -> list[str] | Exception:
+    """Each message rendered alone, as GLM-4 does; instead, the error of the first one the template refuses (or that
+    goes over a rendering limit)."""
+    try:
+        return [renderer.render_messages([m], None) for m in messages]
+    except Exception as exc:  # noqa: BLE001 - a template error or a rendering limit, on this row's data
+        return exc
 
 
 def trl_completion_labels(

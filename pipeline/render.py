@@ -21,10 +21,13 @@ from typing import Any, NamedTuple
 
 from functools import lru_cache
 
+from jinja2 import nodes
 from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields, _compile_jinja_template
 
-from pipeline.errors import RowError
+from pipeline.errors import ConfigError, RowError
+from pipeline.render_limits import RenderLimitExceeded, RenderLimits, bound_operators
 from pipeline.template_flow import copies_text_verbatim
+from schemas.config import RenderConfig
 from schemas.records import Conversation, Message
 
 OPEN, CLOSE, END = "\U000f0000", "\U000f0001", "\U000f0002"
@@ -71,13 +74,19 @@ class TemplateTraits:
         )
 
 
-class Renderer:
-    """Renders conversations with one chat template. Built once per run (or worker); called per conversation."""
+DEFAULT_LIMITS = RenderLimits.of(RenderConfig())
 
-    def __init__(self, template: str, *, special_tokens_map: dict[str, Any], special_tokens: set[str]):
+
+class Renderer:
+    """Renders conversations with one chat template. Built once per run (or worker); called per conversation.
+    Every rendering is bounded by `limits` (`render_messages` is the one place that renders)."""
+
+    def __init__(self, template: str, *, special_tokens_map: dict[str, Any], special_tokens: set[str],
+                 limits: RenderLimits = DEFAULT_LIMITS):
         self.traits = TemplateTraits.of(template, special_tokens)
         self._kwargs = special_tokens_map
-        self._compiled = _with_fixed_clock(template)
+        self.limits = limits
+        self._compiled = _with_fixed_clock(template, limits.max_chars)
         self.generation_prompt = self._generation_prompt()
         self.single_rendering = copies_text_verbatim(self._compiled.environment, template)
 
@@ -89,6 +98,8 @@ class Renderer:
         try:
             marked_text = self.render_messages(marked, tools)
             text = None if self.single_rendering else self.render_messages(self.template_messages(conversation, wrap=False)[0], tools)
+        except RenderLimitExceeded as exc:
+            raise _template_error(conversation, str(exc)) from None
         except Exception as exc:  # a template's raise_exception, or a template bug on this data
             raise _template_error(conversation, f"the chat template refused this conversation: {exc}") from None
         stripped, spans = _strip_sentinels(marked_text, pieces)
@@ -101,11 +112,16 @@ class Renderer:
         return Rendered(text=text, spans=tuple(spans))
 
     def _generation_prompt(self) -> str | None:
-        """The text `add_generation_prompt=True` appends (`<|im_start|>assistant\n`): what precedes a model's answer."""
+        """The text `add_generation_prompt=True` appends (`<|im_start|>assistant\n`): what precedes a model's answer.
+        Rendering this probe also tests the limits at start-up: a template that cannot render one user turn within
+        them would stall or refuse every row, so it stops the run."""
         probe = [{"role": "user", "content": "ping"}]
         try:
             bare = self.render_messages(probe, None)
             prompted = self.render_messages(probe, None, add_generation_prompt=True)
+        except RenderLimitExceeded as exc:
+            raise ConfigError([f"chat template: rendering a probe conversation (one user turn): {exc}; the template "
+                               "cannot be used (raise the limit only for a template known to need more)"]) from None
         except Exception:  # a template that cannot render a lone user turn: fall back to the spans alone
             return None
         return prompted[len(bare) :] if prompted.startswith(bare) and len(prompted) > len(bare) else None
@@ -140,11 +156,9 @@ class Renderer:
         JSON data built here, so transformers' defensive copy is skipped; its reasoning-field aliases are kept."""
         if any(field in message for message in messages for field in _REASONING_FIELDS):
             messages = _alias_reasoning_fields(messages)
-        return self._compiled.render(
-            messages=messages, tools=tools, documents=None,
-            add_generation_prompt=add_generation_prompt,
-            **self._kwargs,
-        )
+        variables = {"messages": messages, "tools": tools, "documents": None,
+                     "add_generation_prompt": add_generation_prompt, **self._kwargs}
+        return self.limits.render(self._compiled, variables)
 
     def template_messages(
         self, conversation: Conversation, *, wrap: bool
@@ -209,19 +223,23 @@ def renderer_args(tokenizer) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=8)
-def _with_fixed_clock(template: str):
+def _with_fixed_clock(template: str, max_chars: int = DEFAULT_LIMITS.max_chars):
     """The template compiled as transformers compiles it, with `strftime_now` returning FIXED_DATE so renderings do
-    not change from day to day. transformers caches the compiled template; its globals are the only place a
-    callable can be given, so `apply_chat_template` on the same template sees the fixed date too.
+    not change from day to day, and `*` and `**` bounded by `max_chars` (`bound_operators`). transformers caches the
+    compiled template; its globals are the only place a callable can be given, so `apply_chat_template` on the same
+    template sees the fixed date too, unless compiling it there would compute a `*` or `**` of constants (it may be
+    `'a' * 10**9`: transformers' environment computes constants while compiling, unbounded).
 
-    The pipeline renders through an overlay of that sandbox whose lookups (`message.role`, `message['tools']`) answer
+    The pipeline renders through an overlay of transformers' sandbox (taken from its compiled empty template, so that
+    the template itself is compiled here only, bounded) whose lookups (`message.role`, `message['tools']`) answer
     on a plain dict without raising and catching exceptions first: the same result (a dict instance has no attribute
     outside `dir(dict)`, so a missing key is undefined either way), at a fraction of the cost of the sandbox's general
-    path. Its globals are a flat copy of the cached template's (with the fixed clock): every render copies them into
+    path. Its globals are a flat copy of the sandbox's (with the fixed clock): every render copies them into
     a new context, and a chain of mappings copies slowly."""
-    compiled = _compile_jinja_template(template)
-    compiled.globals["strftime_now"] = lambda fmt: FIXED_DATE.strftime(fmt)
-    environment = compiled.environment.overlay()
+    fixed_clock = lambda fmt: FIXED_DATE.strftime(fmt)  # noqa: E731
+    sandbox = _compile_jinja_template("")
+    environment = sandbox.environment.overlay()
+    bound_operators(environment, max_chars)
     general_getattr, general_getitem = environment.getattr, environment.getitem
 
     def value(obj: dict, key: str) -> Any:
@@ -239,8 +257,16 @@ def _with_fixed_clock(template: str):
 
     environment.getattr, environment.getitem = getattr_, getitem_
     fast = environment.from_string(template)
-    fast.globals = dict(compiled.globals)  # flat: every render copies the globals into a fresh context
+    fast.globals = {**sandbox.globals, "strftime_now": fixed_clock}  # flat: every render copies the globals
+    if not _folds_operators(environment.parse(template)):
+        _compile_jinja_template(template).globals["strftime_now"] = fixed_clock
     return fast
+
+
+def _folds_operators(tree: nodes.Template) -> bool:
+    """Whether the template holds a `*` or `**` of constants (no variable anywhere in its operands), which an
+    environment that does not intercept these operators computes while compiling."""
+    return any(not any(operation.find_all(nodes.Name)) for operation in tree.find_all((nodes.Mul, nodes.Pow)))
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))

@@ -31,6 +31,7 @@ from pipeline.mask import message_regions, token_labels, trained_messages
 from pipeline.presets import glm4_rows, trl_completion_labels
 from pipeline.progress import progress
 from pipeline.render import Rendered, Renderer, holds_reserved_characters, renderer_args
+from pipeline.render_limits import RenderLimits, render_timer
 from pipeline.shards import (
     MANIFEST,
     MANIFEST_VERSION,
@@ -56,6 +57,7 @@ from pipeline.tokenize import (
     tokenizer_summary,
 )
 from pipeline.truncate import apply_limit, drop_oldest_turn
+from pipeline.workers import start_worker
 from schemas.config import PreprocessConfig
 from schemas.records import Conversation
 
@@ -99,7 +101,7 @@ class Processor:
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
         self.encode, self.encoder_reason = make_encoder(self.tokenizer, config.render.encoder, threads)
         self.control_tokens, self.other_added_tokens = added_token_searches(self.tokenizer, self.template)
-        self.renderer = Renderer(self.template, **renderer_args(self.tokenizer))
+        self.renderer = Renderer(self.template, **renderer_args(self.tokenizer), limits=RenderLimits.of(config.render))
         self.limit = config.truncation.limit(config.mask.preset)
         mask = config.mask
         encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
@@ -111,7 +113,8 @@ class Processor:
     def __enter__(self) -> "Processor":
         """Start the worker processes. Where the platform can fork, each worker starts as a copy of this process,
         tokenizer, template and proven encoder included, so it costs no second start-up; elsewhere each builds
-        its own Processor. A worker that dies fails the run with a clear error instead of hanging it.
+        its own Processor. A worker that dies fails the run with a clear error instead of hanging it; a worker dies
+        with this process and leaves Ctrl-C to it (`start_worker`).
 
         Everything alive now (modules, tokenizer, template) lives for the whole run: `gc.freeze` takes it out of
         the garbage collector's full passes, which otherwise rescan it again and again while rows are processed
@@ -121,13 +124,15 @@ class Processor:
         self._froze = gc.get_freeze_count() == 0
         if self._froze:
             gc.freeze()
-        workers = self.config.output.workers
+        workers, parent = self.config.output.workers, os.getpid()
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
             _worker = self
-            self._pool = ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), initializer=_one_thread_per_worker)
+            self._pool = ProcessPoolExecutor(
+                workers, multiprocessing.get_context("fork"), initializer=_init_worker, initargs=(parent, None)
+            )
         elif workers > 1:
             self._pool = ProcessPoolExecutor(
-                workers, multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(self.config,)
+                workers, multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(parent, self.config)
             )
         return self
 
@@ -175,6 +180,10 @@ class Processor:
     def process_batch(self, records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
         """What one batch of input records becomes: samples by split, rejected and filtered rows, warnings, counts.
         Every record is counted as read."""
+        with render_timer():  # one signal handler for all of the batch's renderings
+            return self._process_records(records)
+
+    def _process_records(self, records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
         result = ChunkResult()
         result.stats.read += len(records)
         admitted, remarks = [], []
@@ -267,6 +276,10 @@ class Processor:
                 labels = np.append(labels, self.tokenizer.eos_token_id).astype(np.int32)
             if self.config.truncation.strategy == "drop_oldest_turns" and self.limit and len(ids) > self.limit:
                 shortened = self._drop_oldest_turns(conversation)
+                if isinstance(shortened, RowError):
+                    shortened.raw = conversation.model_dump(mode="json", exclude_none=True)
+                    result.rejects.append(shortened)
+                    continue
                 if shortened is not None:
                     ids, labels = shortened
                     result.stats.notes["turns_dropped"] += 1
@@ -287,14 +300,15 @@ class Processor:
         regions = message_regions(render, chosen, train_eot=mask.train_end_of_turn)
         return token_labels(enc.input_ids, enc.spans, render, regions, special_ids=self.special_ids)
 
-    def _drop_oldest_turns(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray] | None:
-        """Drop whole oldest rounds (system kept) until the sample fits; None if it never does."""
+    def _drop_oldest_turns(self, conversation: Conversation) -> tuple[np.ndarray, np.ndarray] | RowError | None:
+        """Drop whole oldest rounds (system kept) until the sample fits; None if it never does, the template's
+        error if it refuses a shortened conversation (or goes over a rendering limit on it)."""
         current = drop_oldest_turn(conversation)
         while current is not None:
             chosen = self._checked_messages(current)
             render = _render_or_error(self.renderer, current, chosen)
             if isinstance(render, RowError):
-                return None
+                return render
             (enc,) = self.encode([render.text])
             if len(enc.input_ids) <= self.limit:
                 return enc.input_ids, self._labels(render, enc, chosen)
@@ -303,7 +317,12 @@ class Processor:
 
     def _glm4_batch(self, conversations: list[Conversation], encoded, result: ChunkResult) -> None:
         rows = glm4_rows(self.renderer, self.tokenizer, self.encode, conversations)
-        for conversation, enc, (ids, labels) in zip(conversations, encoded, rows):
+        for conversation, enc, row in zip(conversations, encoded, rows):
+            if isinstance(row, Exception):
+                message = f"the chat template refused a message rendered alone (the glm4 preset's rendering): {row}"
+                result.rejects.append(_row_error(conversation, "template_error", "messages", message))
+                continue
+            ids, labels = row
             if not np.array_equal(ids[:-1], enc.input_ids):
                 result.stats.notes["glm4_per_message_differs"] += 1
                 result.warnings.append(
@@ -341,15 +360,14 @@ _FILTER_MESSAGES = {
 _worker: Processor | None = None
 
 
-def _one_thread_per_worker() -> None:
-    """The workers already fill the cores: the HF tokenizer in each encodes on its own thread."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
-def _init_worker(config: PreprocessConfig) -> None:
+def _init_worker(parent: int, config: PreprocessConfig | None) -> None:
+    """First in every worker: it ends with the run (`start_worker`), and encodes on one thread (the workers already
+    fill the cores). A spawned worker (`config` given) builds its own Processor; a forked one has its parent's."""
     global _worker
-    _one_thread_per_worker()
-    _worker = Processor(config)
+    start_worker(parent)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if config is not None:
+        _worker = Processor(config)
 
 
 def _process_batch_in_worker(records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:

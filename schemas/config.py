@@ -30,6 +30,12 @@ class RenderConfig(_Frozen):
     encoder: Literal["auto", "hf", "tiktoken"] = Field(
         "auto", description="auto: tiktoken where it reproduces the tokenizer exactly (proven at start-up), else hf"
     )
+    time_limit: float = Field(
+        10.0, gt=0, description="seconds one rendering may take; a row over it is rejected (template_error)"
+    )
+    max_chars: int = Field(
+        64 * 2**20, ge=1, description="characters one rendering may produce; a row over it is rejected (template_error)"
+    )
 
 
 class MaskConfig(_Frozen):
