@@ -35,7 +35,7 @@ def check_report_to(report_to: str) -> None:
 
 class Reporter:
     """Rank 0's outputs for one run. `step` is where the run starts (a checkpoint's step on resume): the bar starts
-    there, and TensorBoard hides events a previous attempt logged from that step on, as `metrics.jsonl` drops them."""
+    there, and TensorBoard hides the events an earlier attempt logged after it, as `metrics.jsonl` drops them."""
 
     def __init__(self, out: Path, *, keep: Sequence[dict[str, Any]], report_to: str, step: int, max_steps: int,
                  stream: TextIO | None = None):
@@ -50,7 +50,8 @@ class Reporter:
         if report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(log_dir=str(out / TENSORBOARD_DIR), purge_step=step or None)
+            # events after `step` logged by an earlier attempt are hidden (purge_step: from that step on)
+            self.tensorboard = SummaryWriter(log_dir=str(out / TENSORBOARD_DIR), purge_step=step + 1 if step else None)
 
     def log(self, record: dict[str, Any]) -> None:
         """One logged step (or evaluation): a metrics.jsonl line, TensorBoard scalars, the bar or a progress line."""

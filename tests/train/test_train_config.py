@@ -47,3 +47,29 @@ def test_frozen_and_strict():
     cfg = TrainConfig(**BASE)
     with pytest.raises(Exception):
         cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_every_train_option_shows_its_schema_default():
+    """The flags default to None (only given flags override the YAML), so their help states TrainConfig's default;
+    every field has a flag."""
+    import click
+    from pydantic_core import PydanticUndefined
+
+    from pipeline.cli import main
+
+    command = main.commands["train"]
+    ctx = click.Context(command)
+    options = {p.name: p for p in command.params if isinstance(p, click.Option) and p.name not in ("config", "help")}
+    assert set(options) == set(TrainConfig.model_fields)
+    for name, field in TrainConfig.model_fields.items():
+        help_text = " ".join(options[name].get_help_record(ctx)[1].split())
+        default = field.default
+        if default is PydanticUndefined:
+            expected = "[required]"
+        elif isinstance(default, bool) or default is None:
+            expected = f"[default: {str(default).lower()}]"
+        elif isinstance(default, tuple):
+            expected = f"[default: {','.join(default)}]"
+        else:
+            expected = f"[default: {default}]"
+        assert help_text.endswith(expected), (name, help_text, expected)
