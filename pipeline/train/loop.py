@@ -63,7 +63,7 @@ class TrainResult:
             + (f", eval accuracy {self.eval_accuracy:.1%}" if self.eval_accuracy is not None else ""),
             f"stopped: {self.stopped}",
             f"throughput: {self.tokens_per_s:,.0f} tokens/s; padding: {self.padding_fraction:.1%} of positions",
-            f"model + tokenizer: {self.final_dir} (step {self.final_step}: {self.final_why})",
+            f"model + tokenizer: {self.final_dir}, step {self.final_step}: {self.final_why}",
             f"metrics: {self.run_dir / 'metrics.jsonl'}, curve: {self.run_dir / 'loss.png'}, "
             f"checkpoints: {self.run_dir / 'checkpoints'}",
         ])

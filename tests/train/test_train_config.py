@@ -73,3 +73,10 @@ def test_every_train_option_shows_its_schema_default():
         else:
             expected = f"[default: {default}]"
         assert help_text.endswith(expected), (name, help_text, expected)
+
+
+def test_the_demo_config_stops_early_and_keeps_the_best():
+    from pathlib import Path
+
+    cfg = load_train_config(Path(__file__).resolve().parents[2] / "data" / "train.yaml", overrides=BASE)
+    assert cfg.early_stopping_patience and cfg.eval_interval > 0 and cfg.final == "best"

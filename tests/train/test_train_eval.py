@@ -122,7 +122,7 @@ def test_early_stopping_keeps_the_best_and_final_holds_it(rising, tmp_path):
     assert not all(torch.equal(final[k], last[k]) for k in last)
     summary = result.summary()
     assert f"stopped: early stopping at step {stop}, after 2 evaluations without improvement" in summary
-    assert f"(step {best_step}: the lowest eval loss, {best_loss:.4f} (final: best))" in summary
+    assert f"final, step {best_step}: the lowest eval loss, {best_loss:.4f} (final: best)" in summary
 
 
 def test_final_last_and_stop_reasons(rising, tmp_path):
@@ -133,7 +133,7 @@ def test_final_last_and_stop_reasons(rising, tmp_path):
     no_eval = write_shards(tmp_path / "no_eval", n_train=8, n_eval=0)
     result = run(no_eval, tmp_path / "epochs", epochs=1)
     assert f"stopped: epochs done (1 epochs, {result.steps} steps)" in result.summary()
-    assert f"(step {result.steps}: the last step (no eval split to choose the best by))" in result.summary()
+    assert f"final, step {result.steps}: the last step (no eval split to choose the best by)" in result.summary()
 
 
 def test_early_stopping_survives_resume_exactly(rising, tmp_path):
