@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev,qlora]"
+	$(PY) -m pip install --quiet -e ".[dev,qlora,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)

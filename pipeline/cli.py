@@ -306,8 +306,31 @@ Examples:
 
 
 def _flag(name: str, type_=None, help_: str = "", **kw):
-    """An option whose default is None, so only flags actually given override the config file."""
-    return click.option(name, type=type_, default=None, help=help_, **kw)
+    """An option whose default is None, so only flags actually given override the config file. Its help ends with
+    the TrainConfig field's default, read from the schema (where defaults live), or says the field is required."""
+    return click.option(name, type=type_, default=None, help=f"{help_} {_schema_default(name)}".strip(), **kw)
+
+
+def _schema_default(name: str) -> str:
+    from pydantic_core import PydanticUndefined
+
+    from schemas.train_config import TrainConfig
+
+    field = TrainConfig.model_fields.get(name.split("/")[0].removeprefix("--").replace("-", "_"))
+    if field is None:  # --config: not a TrainConfig field
+        return ""
+    if field.default is PydanticUndefined:
+        return "[required]"
+    return f"[default: {_as_flag_value(field.default)}]"
+
+
+def _as_flag_value(value) -> str:
+    """A default as one would write it: true/false, none, a comma-separated list."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 @main.command("train", help=_TRAIN_EXAMPLES)
@@ -321,12 +344,14 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--tiny-heads", int, "Tiny model attention heads.")
 @_flag("--resume/--no-resume", help_="Continue from the newest checkpoint in --out.")
 @_flag("--allow-schedule-change/--no-allow-schedule-change",
-       help_="Let --resume change lr, min_lr, schedule, warmup, length or optimizer settings (noted in metrics.jsonl).")
+       help_="Let --resume change lr, min_lr, schedule, warmup, length, optimizer or early-stopping settings (noted "
+             "in metrics.jsonl).")
 @_flag("--batch-size", int, "Sequences (packed rows when packing) per micro-batch, per rank.")
 @_flag("--batch-tokens", int, "Or: at most this many (padded) tokens per micro-batch.")
 @_flag("--grad-accum", int, "Micro-batches per optimizer step, per rank.")
 @_flag("--packing/--no-packing", help_="Pack samples into rows (no attention across samples).")
-@_flag("--pack-length", int, "Packed row length (default: the longest sample).")
+@_flag("--pack-length", int, "Packed row length (none: the longest sample).")
+@_flag("--bucket-batches", int, "Padding: sort by length within shuffled buckets of this many micro-batches.")
 @_flag("--lr", float, "Peak learning rate.")
 @_flag("--min-lr", float, "Cosine floor.")
 @_flag("--schedule", click.Choice(["cosine", "constant"]), "LR schedule after warmup.")
@@ -334,16 +359,25 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--optim", click.Choice(["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"]),
        "Optimizer: torch AdamW, or a bitsandbytes paged / 8-bit AdamW (needs the qlora extra).")
 @_flag("--weight-decay", float, "AdamW weight decay (matrices only).")
+@_flag("--beta1", float, "AdamW beta1.")
+@_flag("--beta2", float, "AdamW beta2.")
 @_flag("--neftune-alpha", float, "NEFTune: uniform noise alpha/sqrt(L*d) on the input embeddings in training "
-       "forwards (L: each sample's length, d: hidden size) [default: off].")
+       "forwards (L: each sample's length, d: hidden size).")
 @_flag("--grad-clip", float, "Max gradient norm (0: no clipping).")
 @_flag("--max-steps", int, "Optimizer steps (or use --epochs).")
-@_flag("--epochs", float, "Passes over the train split.")
-@_flag("--eval-interval", int, "Steps between eval-loss runs (0: at the end only).")
-@_flag("--eval-batches", int, "Cap on eval micro-batches per evaluation.")
+@_flag("--epochs", float, "Passes over the train split (none, and no --max-steps: 1).")
+@_flag("--eval-interval", int, "Steps between evaluations: eval loss and token accuracy (0: at the end only).")
+@_flag("--eval-batches", int, "Cap on eval micro-batches per evaluation (none: the whole eval split).")
+@_flag("--early-stopping-patience", int, "Stop after this many evaluations without improvement (none: never); "
+       "needs an eval split and --eval-interval.")
+@_flag("--early-stopping-min-delta", float, "An improvement is an eval-loss drop of more than this below the best.")
+@_flag("--final", click.Choice(["best", "last"]), "What final/ holds: the lowest eval loss (the last step when there "
+       "is no eval split) or the last step.")
 @_flag("--save-interval", int, "Steps between checkpoints (0: at the end only).")
-@_flag("--keep-checkpoints", int, "How many of the newest checkpoints to keep.")
-@_flag("--log-interval", int, "Steps between metrics.jsonl lines.")
+@_flag("--keep-checkpoints", int, "How many of the newest checkpoints to keep (the best is kept besides).")
+@_flag("--log-interval", int, "Steps between metrics.jsonl lines, and progress lines when stderr is not a terminal.")
+@_flag("--report-to", click.Choice(["none", "tensorboard"]),
+       "Also write TensorBoard event files to OUT/tensorboard (pip install 'chatshard[tensorboard]').")
 @_flag("--seed", int, "Seed for the model init and the data order.")
 @_flag("--precision", click.Choice(["bf16", "fp32"]), "bf16: frozen weights (LoRA, QLoRA) in bf16 and bf16 "
        "autocast; trained weights stay fp32. A full fine-tune on the CPU computes in fp32.")

@@ -21,11 +21,12 @@ RESUME_FIXED = (
 )
 # Options that set the learning rate, the run's length or the optimizer's update. Changing one on resume changes the
 # run's outcome (the LR jumps, the cosine restarts elsewhere), so it is refused unless `allow_schedule_change` is
-# set; an allowed change is printed and noted in metrics.jsonl. Every other option (eval, save, log, device,
-# gradient checkpointing) may change freely.
+# set; an allowed change is printed and noted in metrics.jsonl. Early stopping decides the run's length, so it is
+# one of them. Every other option (eval, save, log, final, report_to, device, gradient checkpointing) may change
+# freely.
 RESUME_SCHEDULE = (
     "lr", "min_lr", "schedule", "warmup_steps", "max_steps", "epochs", "weight_decay", "beta1", "beta2", "grad_clip",
-    "lora_dropout", "neftune_alpha",
+    "lora_dropout", "neftune_alpha", "early_stopping_patience", "early_stopping_min_delta",
 )
 
 
@@ -74,11 +75,15 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; or:
     epochs: float | None = Field(None, gt=0)  # passes over the train split (default 1 when neither is set)
     # evaluation, checkpoints, logging
-    eval_interval: int = Field(0, ge=0)  # steps between eval-loss runs (0: only at the end); needs an eval split
+    eval_interval: int = Field(0, ge=0)  # steps between evaluations (0: only at the end); needs an eval split
     eval_batches: int | None = Field(None, ge=1)  # cap on eval micro-batches per evaluation (default: whole split)
+    early_stopping_patience: int | None = Field(None, ge=1)  # stop after N evaluations without improvement
+    early_stopping_min_delta: float = Field(0.0, ge=0)  # an improvement is an eval-loss drop of more than this
+    final: Literal["best", "last"] = "best"  # final/: the lowest eval loss (when there is an eval split) or the last
     save_interval: int = Field(0, ge=0)  # steps between checkpoints (0: only at the end)
-    keep_checkpoints: int = Field(2, ge=1)  # newest N kept
-    log_interval: int = Field(1, ge=1)  # steps between metrics.jsonl lines
+    keep_checkpoints: int = Field(2, ge=1)  # newest N kept, and the best by eval loss besides
+    log_interval: int = Field(1, ge=1)  # steps between metrics.jsonl lines (and progress lines when not a terminal)
+    report_to: Literal["none", "tensorboard"] = "none"  # tensorboard: event files in `out`/tensorboard as well
     rank_log: bool = False  # write ranks/rank<R>.jsonl: the sample ids each rank trained on, and a weights digest
     # system
     seed: int = 0
@@ -117,6 +122,10 @@ class TrainConfig(BaseModel):
             problems.append(f"{', '.join(tiny_keys)} set but model is {self.model!r}, not 'tiny'")
         if self.tiny_hidden % self.tiny_heads:
             problems.append(f"tiny_hidden ({self.tiny_hidden}) must be a multiple of tiny_heads ({self.tiny_heads})")
+        if self.early_stopping_patience is not None and self.eval_interval == 0:
+            problems.append("early_stopping_patience needs eval_interval > 0 (evaluations to compare)")
+        if "early_stopping_min_delta" in set_ and self.early_stopping_patience is None:
+            problems.append("early_stopping_min_delta set but early_stopping_patience is not")
         if self.min_lr > self.lr:
             problems.append(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
         if self.max_steps is not None and self.warmup_steps >= self.max_steps:

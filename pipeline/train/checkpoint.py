@@ -1,12 +1,14 @@
 """Checkpoints: one file per save, `checkpoints/step_NNNNNNN.pt`, written to a temp file and renamed into place,
-so a crash mid-save leaves the previous checkpoints intact. The newest `keep` are kept.
+so a crash mid-save leaves the previous checkpoints intact. The newest `keep` are kept, and the best by eval loss
+whatever its age: `checkpoints/best.json` says which step that is.
 
 A checkpoint is one dict: model and optimizer state, the step (the LR schedule is a pure function of it), the data
-position (global micro-batch index), every rank's RNG state, the number of ranks, the config, and which data it was
-trained on (`resume.data_record`): everything `--resume` needs to continue exactly or to say why it cannot.
+position (global micro-batch index), every rank's RNG state, the number of ranks, the config, which data it was
+trained on (`resume.data_record`), and the eval history early stopping needs (`early_stop.EvalTracker.state`): everything `--resume` needs to continue exactly or to say why it cannot.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +19,8 @@ import torch
 from pipeline.errors import InputError
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-_KEYS = ("model", "optimizer", "step", "micro_batch", "rng", "config", "world_size", "data")
+_KEYS = ("model", "optimizer", "step", "micro_batch", "rng", "config", "world_size", "data", "evals")
+BEST = "best.json"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -33,10 +36,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any], *, step: int, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, state: dict[str, Any], *, step: int, keep: int, best: int | None = None) -> Path:
+    """Write the checkpoint of `step`, then delete all but the newest `keep` and the one of step `best`."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:07d}.pt"
+    path = folder / checkpoint_name(step)
     tmp = folder / f".{path.name}.tmp"
     with open(tmp, "wb") as f:
         torch.save(state, f)
@@ -44,8 +48,29 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], *, step: int, keep: in
         os.fsync(f.fileno())
     os.replace(tmp, path)
     for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+        if old.name != checkpoint_name(best):
+            old.unlink(missing_ok=True)
     return path
+
+
+def checkpoint_name(step: int | None) -> str | None:
+    return None if step is None else f"step_{step:07d}.pt"
+
+
+def write_best(run_dir: Path, *, step: int, eval_loss: float) -> None:
+    """`checkpoints/best.json`: the step with the lowest eval loss so far, for people and scripts (the run itself
+    reads it from the checkpoint)."""
+    folder = checkpoint_dir(run_dir)
+    tmp = folder / f".{BEST}.tmp"
+    tmp.write_text(json.dumps({"step": step, "eval_loss": eval_loss, "checkpoint": checkpoint_name(step)}) + "\n",
+                   encoding="utf-8")
+    os.replace(tmp, folder / BEST)
+
+
+def load_model_state(run_dir: Path, step: int) -> dict[str, Any]:
+    """The model weights of the checkpoint of `step`, memory-mapped: the optimizer state is not read."""
+    path = checkpoint_dir(run_dir) / checkpoint_name(step)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

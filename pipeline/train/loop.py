@@ -6,8 +6,10 @@
     torchrun --standalone --nproc_per_node 4 -m pipeline train --data out/shards --out out/run
 
 Order of work, top to bottom: system (ranks, device, precision), data (memory-mapped shards), model, optimizer,
-resume, then the loop: set the LR, run the micro-steps (token-weighted loss), clip, step, log, evaluate, checkpoint.
-At the end: a last checkpoint, `final/` (save_pretrained + the shards' tokenizer files), `loss.png`, a summary.
+resume, then the loop: set the LR, run the micro-steps (token-weighted loss), clip, step, evaluate, log, checkpoint
+(on schedule, and at each new best eval loss), until the last step or early stopping. At the end: a last evaluation
+and checkpoint, `final/` (the best or the last weights: save_pretrained + the shards' tokenizer files), `loss.png`,
+a summary that says which step `final/` holds and why the run stopped.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,18 +25,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from pipeline.errors import ConfigError
-from pipeline.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pipeline.train.checkpoint import (list_checkpoints, load_checkpoint, load_model_state, rng_state,
+                                       save_checkpoint, set_rng_state, write_best)
 from pipeline.train.data import Batch, MicroBatches, check_fits, collate, open_shards, plan_eval, steps_for_epochs
+from pipeline.train.early_stop import EvalTracker
 from pipeline.train.loss import TrainedTokenLoss
 from pipeline.train.lr import lr_at
-from pipeline.train.metrics import MetricsLog, plot_losses, read_metrics, records_to_keep
+from pipeline.train.metrics import plot_losses, read_metrics, records_to_keep
 from pipeline.train.model import (build_model, load_trained_state, parameter_count, precision_for, save_final,
                                   trained_state)
 from pipeline.train.neftune import NEFTune
 from pipeline.train.optim import build_optimizer, require_bitsandbytes
+from pipeline.train.reporter import Reporter, check_report_to
 from pipeline.train.resume import check_resume, data_record
 from schemas.train_config import TrainConfig
 
@@ -46,18 +49,24 @@ class TrainResult:
     first_loss: float | None
     last_loss: float | None
     eval_loss: float | None
+    eval_accuracy: float | None
     tokens_per_s: float
     padding_fraction: float
     run_dir: Path
     final_dir: Path
+    final_step: int
+    final_why: str  # which weights final/ holds, in words
+    stopped: str  # why the run ended, in words
 
     def summary(self) -> str:
         fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
         return "\n".join([
             f"trained {self.steps} steps: loss {fmt(self.first_loss)} -> {fmt(self.last_loss)}"
-            + (f", eval loss {fmt(self.eval_loss)}" if self.eval_loss is not None else ""),
+            + (f", eval loss {fmt(self.eval_loss)}" if self.eval_loss is not None else "")
+            + (f", eval accuracy {self.eval_accuracy:.1%}" if self.eval_accuracy is not None else ""),
+            f"stopped: {self.stopped}",
             f"throughput: {self.tokens_per_s:,.0f} tokens/s; padding: {self.padding_fraction:.1%} of positions",
-            f"model + tokenizer: {self.final_dir}",
+            f"model + tokenizer: {self.final_dir}, step {self.final_step}: {self.final_why}",
             f"metrics: {self.run_dir / 'metrics.jsonl'}, curve: {self.run_dir / 'loss.png'}, "
             f"checkpoints: {self.run_dir / 'checkpoints'}",
         ])
@@ -104,6 +113,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
     autocast = precision.autocast(device)
     torch.manual_seed(cfg.seed)  # same init on every rank; per-rank dropout streams are split just below
     out = cfg.out
+    check_report_to(cfg.report_to)
 
     # -- data: only the manifest and the memory-mapped Arrow files --------------------------------------------
     shards = open_shards(cfg.data)
@@ -115,6 +125,9 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
                    pack_length=max(pack_length, int(eval_split.lengths.max())))
     else:
         eval_split = None
+    if cfg.early_stopping_patience is not None and eval_split is None:
+        raise ConfigError([f"early_stopping_patience needs an eval split, and {cfg.data} has none (preprocess with "
+                           "--eval-split)"])
     pad_id = next(i for i in (shards.pad_token_id, shards.eos_token_id, 0) if i is not None)  # masked anyway
     stream = MicroBatches(train_split, seed=cfg.seed, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
                           bucket_batches=cfg.bucket_batches, packing=cfg.packing, pack_length=pack_length,
@@ -139,9 +152,11 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
                            "new --out"])
     ckpt = load_checkpoint(checkpoints[-1]) if cfg.resume else None
     schedule_changes, kept_metrics = {}, []
+    tracker = EvalTracker(patience=cfg.early_stopping_patience, min_delta=cfg.early_stopping_min_delta)
     if ckpt is not None:
         schedule_changes = check_resume(ckpt, cfg, world=world, data=data, max_steps=max_steps)
         kept_metrics = records_to_keep(read_metrics(out / "metrics.jsonl"), step=ckpt["step"])
+        tracker = EvalTracker.restore(ckpt["evals"], patience=tracker.patience, min_delta=tracker.min_delta)
     if ddp:
         dist.barrier()  # every rank has looked at `out` before rank 0 writes anything there
 
@@ -179,9 +194,10 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
               + (f", resuming at step {step}" if step else "") + f"; {precision.describe()} on {device.type}")
         if loss_model.full_logits_reason:
             print(f"loss: on the full logits, not in chunks: {loss_model.full_logits_reason}")
-    metrics = MetricsLog(out / "metrics.jsonl", keep=kept_metrics) if master else None
+    reporter = Reporter(out, keep=kept_metrics, report_to=cfg.report_to, step=step, max_steps=max_steps) if master \
+        else None
     if master and schedule_changes:
-        metrics.write({"step": step, "resume_changes": schedule_changes})
+        reporter.note({"step": step, "resume_changes": schedule_changes})
         print(f"resume at step {step} with schedule changes (--allow-schedule-change): "
               + ", ".join(f"{k} {c['from']} -> {c['to']}" for k, c in schedule_changes.items()))
     rank_log = None
@@ -190,22 +206,22 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         rank_log = open(out / "ranks" / f"rank{rank}.jsonl", "a" if cfg.resume else "w", encoding="utf-8")
     eval_batches = _eval_plan(cfg, eval_split, pack_length=pack_length, rank=rank, world=world)
 
-    def evaluate() -> float | None:
-        """Token-weighted eval loss over the eval split (each rank a share), reduced over ranks."""
-        if eval_split is None:
-            return None
+    def evaluate() -> dict[str, float]:
+        """Token-weighted eval loss and token accuracy over the eval split (each rank a share), reduced over ranks,
+        offered to the tracker; every rank gets the same numbers and so takes the same decisions."""
         loss_model.eval()  # not through DDP: ranks may run different numbers of eval batches
-        totals = torch.zeros(2, dtype=torch.float64, device=device)
+        totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, trained
         with torch.no_grad():
             for rows in eval_batches:
                 batch = collate(eval_split, rows, pad_id=pad_id, packing=cfg.packing)
                 with autocast:
-                    totals[0] += loss_model(**batch.model_inputs(device), labels=batch.labels.to(device)).double()
-                totals[1] += batch.trained
+                    sums = loss_model.eval_sums(**batch.model_inputs(device), labels=batch.labels.to(device))
+                totals += torch.stack([x.double() for x in sums])
         if ddp:
             dist.all_reduce(totals)
         loss_model.train()
-        return (totals[0] / totals[1].clamp(min=1)).item()
+        loss_sum, correct, trained = totals.tolist()
+        return {"eval_loss": loss_sum / max(trained, 1), "eval_accuracy": correct / max(trained, 1)}
 
     def checkpoint() -> None:
         """All ranks call this (it gathers their RNG states); rank 0 writes."""
@@ -224,17 +240,18 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
                 "config": cfg.model_dump(mode="json"),
                 "world_size": world,
                 "data": data,
-            }, step=step, keep=cfg.keep_checkpoints)
+                "evals": tracker.state(),
+            }, step=step, keep=cfg.keep_checkpoints, best=tracker.best_step)
+            if tracker.best_step is not None:
+                write_best(out, step=tracker.best_step, eval_loss=tracker.best_loss)
         if ddp:
             dist.barrier()
 
     # -- the loop ---------------------------------------------------------------------------------------------
     model.train()
-    bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (master and sys.stderr.isatty()))
-    first_loss = last_loss = last_eval = None
+    first_loss = last_loss = None
     throughput = []
-    while step < max_steps:
+    while step < max_steps and not tracker.should_stop:
         t0 = time.perf_counter()
         lr = lr_at(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=max_steps,
                    schedule=cfg.schedule)
@@ -265,27 +282,25 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
             rank_log.write(json.dumps({"step": step, "ids": [i for b in batches for i in
                                                              train_split.ids(b.samples)]}) + "\n")
         is_eval = eval_split is not None and cfg.eval_interval > 0 and step % cfg.eval_interval == 0
-        eval_loss = evaluate() if is_eval else None
-        last_eval = eval_loss if eval_loss is not None else last_eval
-        if master and (step % cfg.log_interval == 0 or step == 1 or is_eval or step == max_steps):
-            record = {"step": step, "epoch": round(stream.epoch_of(first), 4), "loss": loss, "lr": lr,
-                      "grad_norm": grad_norm.item(), "tokens_per_s": round(throughput[-1], 1),
-                      "trained_tokens": int(counts[0].item()), "tokens": int(counts[1].item()),
-                      "padding_fraction": round(1 - counts[1].item() / counts[2].item(), 4)}
-            if eval_loss is not None:
-                record["eval_loss"] = eval_loss
-            metrics.write(record)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        bar.update(1)
-        if cfg.save_interval > 0 and step % cfg.save_interval == 0 and step < max_steps:
-            checkpoint()
-    bar.close()
+        evals = evaluate() if is_eval else {}
+        new_best = bool(evals) and tracker.update(step, evals["eval_loss"])
+        done = step == max_steps or tracker.should_stop
+        if master and (step % cfg.log_interval == 0 or step == 1 or is_eval or done):
+            reporter.log({"step": step, "epoch": round(stream.epoch_of(first), 4), "loss": loss, "lr": lr,
+                          "grad_norm": grad_norm.item(), "tokens_per_s": round(throughput[-1], 1),
+                          "trained_tokens": int(counts[0].item()), "tokens": int(counts[1].item()),
+                          "padding_fraction": round(1 - counts[1].item() / counts[2].item(), 4), **evals})
+        if master:
+            reporter.advance()
+        if not done and (new_best or (cfg.save_interval > 0 and step % cfg.save_interval == 0)):
+            checkpoint()  # a new best is kept whatever keep_checkpoints says: final/ may come from it
 
     # -- the end ----------------------------------------------------------------------------------------------
-    if eval_split is not None and (cfg.eval_interval == 0 or max_steps % cfg.eval_interval):
-        last_eval = evaluate()
+    if eval_split is not None and tracker.last_eval_step != step:
+        evals = evaluate()
+        tracker.update(step, evals["eval_loss"])
         if master:
-            metrics.write({"step": step, "eval_loss": last_eval})
+            reporter.log({"step": step, **evals})
     checkpoint()
     if rank_log is not None:
         digest = hashlib.sha256()
@@ -296,16 +311,44 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         rank_log.close()
     if not master:
         return None
+    reporter.close()
+    final_step, final_why = _final_choice(cfg, tracker, step=step)
+    if final_step != step:
+        raw_model.load_state_dict(load_model_state(out, final_step))
     final = save_final(raw_model, out, tokenizer_dir=shards.tokenizer_dir, lora=cfg.lora)
-    records = metrics.read()
-    plot_losses(records, out / "loss.png")
+    records = reporter.read()
+    plot_losses(records, out / "loss.png", final_step=final_step)
     losses = [r["loss"] for r in records if "loss" in r]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     padding = [r["padding_fraction"] for r in records if "padding_fraction" in r]
+    last_eval = next((r for r in reversed(records) if "eval_loss" in r), {})
     return TrainResult(steps=step, first_loss=losses[0] if losses else first_loss,
-                       last_loss=losses[-1] if losses else last_loss, eval_loss=last_eval,
+                       last_loss=losses[-1] if losses else last_loss, eval_loss=last_eval.get("eval_loss"),
+                       eval_accuracy=last_eval.get("eval_accuracy"),
                        tokens_per_s=sum(speeds) / len(speeds) if speeds else 0.0,
-                       padding_fraction=sum(padding) / len(padding) if padding else 0.0, run_dir=out, final_dir=final)
+                       padding_fraction=sum(padding) / len(padding) if padding else 0.0, run_dir=out, final_dir=final,
+                       final_step=final_step, final_why=final_why,
+                       stopped=_stop_reason(cfg, tracker, step=step, max_steps=max_steps))
+
+
+def _final_choice(cfg: TrainConfig, tracker: EvalTracker, *, step: int) -> tuple[int, str]:
+    """The step whose weights go to final/, and why: the lowest eval loss (`final: best`, with an eval split), else
+    the last step."""
+    if cfg.final == "last":
+        return step, "the last step (final: last)"
+    if tracker.best_step is None:
+        return step, "the last step (no eval split to choose the best by)"
+    return tracker.best_step, f"the lowest eval loss, {tracker.best_loss:.4f} (final: best)"
+
+
+def _stop_reason(cfg: TrainConfig, tracker: EvalTracker, *, step: int, max_steps: int) -> str:
+    if step < max_steps:  # the loop ends early only by early stopping
+        return (f"early stopping at step {step}, after {tracker.evals_without_improvement} evaluations without "
+                f"improvement (early_stopping_patience {cfg.early_stopping_patience}, early_stopping_min_delta "
+                f"{cfg.early_stopping_min_delta:g}); best eval loss {tracker.best_loss:.4f} at step {tracker.best_step}")
+    if cfg.max_steps is not None:
+        return f"max_steps reached ({max_steps})"
+    return f"epochs done ({cfg.epochs or 1.0:g} epochs, {max_steps} steps)"
 
 
 def micro_steps(model: torch.nn.Module, batches: list[Batch], *, trained_total: torch.Tensor, world: int,

@@ -1,4 +1,5 @@
-"""Token-weighted causal LM loss on unshifted labels, computed at the trained positions only.
+"""Token-weighted causal LM loss on unshifted labels, computed at the trained positions only, and the eval counts
+beside it.
 
 A micro-batch contributes the SUM of its per-token losses; the optimizer step divides by the number of trained
 tokens in the whole step (all micro-batches, all ranks). A mean of per-micro-batch means would weight a token in a
@@ -10,6 +11,9 @@ to its final hidden states, keeps the positions whose shifted label is trained, 
 cross-entropy `CHUNK` positions at a time, computing each chunk's gradient at once (as Liger's fused linear
 cross-entropy does), so only one chunk's logits ever exist. A model whose logits are more than a linear head on the
 final hidden states (a soft-cap, a scale) keeps the full logits.
+
+Evaluation reduces sums and counts the same way (loss sum, correct predictions, trained positions), so eval loss and
+token accuracy are means over every trained eval token, however the tokens fall into batches and ranks.
 """
 from __future__ import annotations
 
@@ -32,10 +36,25 @@ PLAIN_HEAD_MODEL_TYPES = frozenset({
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of cross-entropy over trained positions. Labels are unshifted: position t's logits predict label t+1."""
+    logits, targets = _shifted(logits, labels)
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def token_eval_sums(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss sum, correct, trained) over trained positions, shifted as the loss is: `correct` counts the positions
+    whose argmax is the next label. Sums, not means, so they add up over batches and ranks."""
+    logits, targets = _shifted(logits, labels)
+    trained = targets != IGNORE_INDEX
+    loss_sum = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    correct = (logits.argmax(dim=-1) == targets) & trained
+    return loss_sum, correct.sum(), trained.sum()
+
+
+def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat fp32 logits of positions 0..T-2 and the labels they predict (positions 1..T-1)."""
     logits = logits[:, :-1, :].float()
     targets = labels[:, 1:].to(logits.device)
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
+    return logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
 
 
 class TrainedTokenLoss(nn.Module):
@@ -55,12 +74,28 @@ class TrainedTokenLoss(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         if self.full_logits_reason is not None:
             return token_loss_sum(self.model(**inputs).logits, labels)
+        hidden, targets, head = self._trained_hidden(inputs, labels)
+        return linear_cross_entropy(hidden, head.weight, head.bias, targets, chunk=self.chunk)
+
+    @torch.no_grad()
+    def eval_sums(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss sum, correct, trained) over the batch's trained positions, as `token_eval_sums` computes them from
+        full logits, but with the head applied in chunks at the trained positions only."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        if self.full_logits_reason is not None:
+            return token_eval_sums(self.model(**inputs).logits, labels)
+        hidden, targets, head = self._trained_hidden(inputs, labels)
+        loss, correct = _eval_chunks(hidden, head.weight, head.bias, targets, self.chunk)
+        return loss, correct, torch.tensor(targets.numel(), device=hidden.device)
+
+    def _trained_hidden(self, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, nn.Module]:
+        """The final hidden states at the positions whose shifted label is trained, those labels, and the LM head."""
         causal_lm = _causal_lm(self.model)
         hidden = causal_lm.get_decoder()(**inputs).last_hidden_state[:, :-1]
         targets = labels[:, 1:].to(hidden.device)
         trained = targets != IGNORE_INDEX
-        head = causal_lm.get_output_embeddings()
-        return linear_cross_entropy(hidden[trained], head.weight, head.bias, targets[trained], chunk=self.chunk)
+        return hidden[trained], targets[trained], causal_lm.get_output_embeddings()
 
 
 def full_logits_reason(model: nn.Module) -> str | None:
@@ -104,6 +139,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grads = [None if g is None else g.mul_(grad_loss) for g in ctx.saved_tensors]  # the loss is a plain sum
         return *grads, None, None
+
+
+def _eval_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                 chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss sum and the number of positions whose argmax is the target, one chunk of logits at a time."""
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
+    for start in range(0, hidden.size(0), chunk):
+        logits = F.linear(hidden[start:start + chunk], weight, bias).float()
+        t = targets[start:start + chunk]
+        loss += F.cross_entropy(logits, t, reduction="sum")
+        correct += (logits.argmax(dim=-1) == t).sum()
+    return loss, correct
 
 
 def _chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,

@@ -63,7 +63,9 @@ def records_to_keep(records: list[dict[str, Any]], *, step: int) -> list[dict[st
     return [r for r in records if r["step"] < step or (r["step"] == step and "resume_changes" not in r)]
 
 
-def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
+def plot_losses(records: list[dict[str, Any]], path: Path, *, final_step: int | None = None) -> None:
+    """Train and eval loss on the left axis, eval token accuracy on the right, and a line at the step `final/`
+    holds when it is not the last."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,15 +73,26 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
 
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
+    accuracy = [(r["step"], r["eval_accuracy"]) for r in records if r.get("eval_accuracy") is not None]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train loss", linewidth=1)
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", markersize=4)
+    if final_step is not None:
+        ax.axvline(final_step, color="grey", linestyle=":", label=f"final/ (step {final_step})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (mean over trained tokens)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if accuracy:
+        right = ax.twinx()
+        right.plot(*zip(*accuracy), "s--", color="tab:green", label="eval token accuracy", markersize=3)
+        right.set_ylabel("eval token accuracy")
+        right.set_ylim(0, 1)
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="upper right")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png")

@@ -61,3 +61,35 @@ def test_quantize_needs_lora_and_a_model_dir():
     assert (cfg.quantize, cfg.double_quant, cfg.optim) == ("4bit", True, "paged_adamw_32bit")
     with pytest.raises(ConfigError, match="optim"):
         load_train_config(overrides={**BASE, "optim": "sgd"})
+
+def test_every_train_option_shows_its_schema_default():
+    """The flags default to None (only given flags override the YAML), so their help states TrainConfig's default;
+    every field has a flag."""
+    import click
+    from pydantic_core import PydanticUndefined
+
+    from pipeline.cli import main
+
+    command = main.commands["train"]
+    ctx = click.Context(command)
+    options = {p.name: p for p in command.params if isinstance(p, click.Option) and p.name not in ("config", "help")}
+    assert set(options) == set(TrainConfig.model_fields)
+    for name, field in TrainConfig.model_fields.items():
+        help_text = " ".join(options[name].get_help_record(ctx)[1].split())
+        default = field.default
+        if default is PydanticUndefined:
+            expected = "[required]"
+        elif isinstance(default, bool) or default is None:
+            expected = f"[default: {str(default).lower()}]"
+        elif isinstance(default, tuple):
+            expected = f"[default: {','.join(default)}]"
+        else:
+            expected = f"[default: {default}]"
+        assert help_text.endswith(expected), (name, help_text, expected)
+
+
+def test_the_demo_config_stops_early_and_keeps_the_best():
+    from pathlib import Path
+
+    cfg = load_train_config(Path(__file__).resolve().parents[2] / "data" / "train.yaml", overrides=BASE)
+    assert cfg.early_stopping_patience and cfg.eval_interval > 0 and cfg.final == "best"

@@ -11,7 +11,7 @@ from train_helpers import tiny_model, write_shards
 
 from pipeline.train.data import collate, open_shards
 from pipeline.train.loop import micro_steps
-from pipeline.train.loss import TrainedTokenLoss, linear_cross_entropy, token_loss_sum
+from pipeline.train.loss import TrainedTokenLoss, linear_cross_entropy, token_eval_sums, token_loss_sum
 from pipeline.train.lr import lr_at
 
 CPU = torch.device("cpu")
@@ -96,6 +96,20 @@ def test_chunked_loss_equals_full_logits(split, arch, tied, packing):
     model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
     assert_same_loss_and_grads(model, batch, chunked)
     assert len(head_calls) == 1  # the reference's call: the chunked loss never runs the head on every position
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_chunked_eval_sums_equal_the_full_logits_ones(split, packing):
+    """Evaluation's loss sum, correct count and trained count from the chunked head equal those from full logits."""
+    model = tiny_model()
+    rows = [[0, 1, 2], [3, 4]] if packing else [[i] for i in range(5)]
+    batch = collate(split, rows, pad_id=0, packing=packing)
+    with torch.no_grad():
+        reference = token_eval_sums(model(**batch.model_inputs(CPU)).logits, batch.labels)
+    chunked = TrainedTokenLoss(model, chunk=16).eval_sums(**batch.model_inputs(CPU), labels=batch.labels)
+    assert abs(chunked[0].item() - reference[0].item()) / batch.trained < 1e-5
+    assert (chunked[1].item(), chunked[2].item()) == (reference[1].item(), reference[2].item())
+    assert chunked[2].item() == batch.trained
 
 
 def test_chunked_loss_with_lora_and_gradient_checkpointing(split):

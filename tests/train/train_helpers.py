@@ -23,12 +23,19 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>' }} {{ m['con
                  "{% endfor %}")
 
 
-def make_samples(n: int, *, seed: int = 0, min_len: int = 6, max_len: int = 40) -> list[dict]:
+def make_samples(n: int, *, seed: int = 0, min_len: int = 6, max_len: int = 40, stride: int | None = None
+                 ) -> list[dict]:
+    """Random word ids; with `stride`, each sample counts from a random start by `stride` (modulo the words): a rule
+    a tiny model learns in a few steps."""
     rng = np.random.default_rng(seed)
+    words = VOCAB - len(SPECIAL)
     out = []
     for i in range(n):
         length = int(rng.integers(min_len, max_len + 1))
-        ids = rng.integers(4, VOCAB, size=length).astype(np.int32)
+        if stride is None:
+            ids = rng.integers(4, VOCAB, size=length).astype(np.int32)
+        else:
+            ids = (len(SPECIAL) + (rng.integers(words) + stride * np.arange(length)) % words).astype(np.int32)
         prompt = int(rng.integers(1, length - 1))
         labels = ids.copy()
         labels[:prompt] = -100
@@ -38,15 +45,18 @@ def make_samples(n: int, *, seed: int = 0, min_len: int = 6, max_len: int = 40) 
 
 
 def write_shards(path: Path, *, n_train: int = 48, n_eval: int = 8, seed: int = 0, tokenizer: bool = False,
-                 vocab_size: int = VOCAB, version: int = 1, max_len: int = 40) -> Path:
+                 vocab_size: int = VOCAB, version: int = 1, max_len: int = 40, train_stride: int | None = None,
+                 eval_stride: int | None = None) -> Path:
+    """Strides (see `make_samples`) that differ between the splits make eval loss rise as the model learns the train
+    split's rule: an eval curve that bottoms out early, for early stopping."""
     from datasets import Dataset, DatasetDict, Features, Sequence, Value
 
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
                          "length": Value("int32"), "id": Value("string"), "source": Value("string"),
                          "row": Value("int64")})
-    splits = {"train": make_samples(n_train, seed=seed, max_len=max_len)}
+    splits = {"train": make_samples(n_train, seed=seed, max_len=max_len, stride=train_stride)}
     if n_eval:
-        splits["eval"] = make_samples(n_eval, seed=seed + 1000, max_len=max_len)
+        splits["eval"] = make_samples(n_eval, seed=seed + 1000, max_len=max_len, stride=eval_stride)
     dd = DatasetDict({name: Dataset.from_list(rows, features=features) for name, rows in splits.items()})
     dd.save_to_disk(str(path))
     manifest = {
