@@ -323,8 +323,8 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @_flag("--packing/--no-packing", help_="Pack samples into rows (no attention across samples).")
 @_flag("--pack-length", int, "Packed row length (default: the longest sample).")
 @_flag("--lr", float, "Peak learning rate.")
-@_flag("--min-lr", float, "Cosine floor.")
-@_flag("--schedule", click.Choice(["cosine", "constant"]), "LR schedule after warmup.")
+@_flag("--min-lr", float, "Where cosine and linear decay end.")
+@_flag("--schedule", click.Choice(["cosine", "linear", "constant"]), "LR schedule after warmup.")
 @_flag("--warmup-steps", int, "Linear warmup steps.")
 @_flag("--optim", click.Choice(["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"]),
        "Optimizer: torch AdamW, or a bitsandbytes paged / 8-bit AdamW (needs the qlora extra).")
