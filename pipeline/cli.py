@@ -353,8 +353,8 @@ def _as_flag_value(value) -> str:
 @_flag("--pack-length", int, "Packed row length (none: the longest sample).")
 @_flag("--bucket-batches", int, "Padding: sort by length within shuffled buckets of this many micro-batches.")
 @_flag("--lr", float, "Peak learning rate.")
-@_flag("--min-lr", float, "Cosine floor.")
-@_flag("--schedule", click.Choice(["cosine", "constant"]), "LR schedule after warmup.")
+@_flag("--min-lr", float, "Where cosine and linear decay end.")
+@_flag("--schedule", click.Choice(["cosine", "linear", "constant"]), "LR schedule after warmup.")
 @_flag("--warmup-steps", int, "Linear warmup steps.")
 @_flag("--optim", click.Choice(["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"]),
        "Optimizer: torch AdamW, or a bitsandbytes paged / 8-bit AdamW (needs the qlora extra).")

@@ -32,6 +32,10 @@ def load_tokenizer(config: RenderConfig):
     """The fast tokenizer at `config.tokenizer`. A slow-only tokenizer is refused: spans need character offsets."""
     from transformers import AutoTokenizer
 
+    if config.tokenizer.startswith((".", "/", "~")) and not Path(config.tokenizer).expanduser().is_dir():
+        # a path, not a hub name: say so rather than pass on the hub's rules for repository names
+        raise PipelineError(f"cannot load tokenizer {config.tokenizer!r}: no such directory (give the model's "
+                            "folder with --tokenizer)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer, trust_remote_code=config.trust_remote_code)
     except Exception as exc:  # transformers raises many kinds here; all mean the same to the user

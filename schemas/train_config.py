@@ -64,8 +64,8 @@ class TrainConfig(BaseModel):
     # optimizer and schedule
     optim: Literal["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"] = "adamw"  # all but adamw: bnb
     lr: float = Field(3e-4, gt=0)
-    min_lr: float = Field(3e-5, ge=0)  # the cosine floor
-    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr: float = Field(3e-5, ge=0)  # where cosine and linear decay end (at max_steps)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0)  # applied to matrices only, not to norms and biases
     neftune_alpha: float | None = Field(None, gt=0)  # NEFTune: training noise alpha/sqrt(L*d) on the input embeddings

@@ -96,6 +96,16 @@ def test_a_missing_tokenizer_is_a_clear_error(tmp_path):
         load_tokenizer(RenderConfig(tokenizer=str(tmp_path / "nope")))
 
 
+@pytest.mark.parametrize("path", ["./OpenHermes-2.5-Mistral-7B", "../models/glm-4-9b-chat-hf", "~/no-such-model"])
+def test_a_tokenizer_path_that_does_not_exist_is_named_as_such(path):
+    """A folder written as a path (as the recipes' placeholders are) is not looked up as a hub name, whose rules
+    would only confuse: the error says the folder is not there and how to give it."""
+    with pytest.raises(PipelineError) as err:
+        load_tokenizer(RenderConfig(tokenizer=path))
+    assert str(err.value) == (f"cannot load tokenizer {path!r}: no such directory "
+                              "(give the model's folder with --tokenizer)")
+
+
 def test_a_slow_only_tokenizer_is_refused_with_the_reason(monkeypatch):
     import transformers
 

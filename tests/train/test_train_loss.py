@@ -203,3 +203,22 @@ def test_lr_schedule():
     assert lr_at(12, **kw) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     assert lr_at(20, **kw) == 0.1 and lr_at(10, **kw, schedule="constant") == 1.0
     assert all(lr_at(s, **kw) >= lr_at(s + 1, **kw) for s in range(4, 25))
+
+
+@pytest.mark.parametrize("warmup", [0, 5])
+def test_linear_schedule_is_transformers_linear_decay(warmup):
+    """`schedule: linear` with `min_lr: 0` is the HF Trainer's default schedule after warmup (the warmup itself
+    reaches the peak one step sooner here); `min_lr` is its floor otherwise."""
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-4)
+    hf = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=30)
+    expected = []
+    for _ in range(32):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        hf.step()
+    ours = [lr_at(s, lr=5e-4, min_lr=0.0, warmup_steps=warmup, max_steps=30, schedule="linear") for s in range(32)]
+    assert ours[warmup:] == pytest.approx(expected[warmup:], rel=1e-12, abs=1e-15)
+    floor = dict(lr=1.0, min_lr=0.1, warmup_steps=0, max_steps=30, schedule="linear")
+    assert lr_at(15, **floor) == pytest.approx(0.55) and lr_at(30, **floor) == lr_at(40, **floor) == 0.1
