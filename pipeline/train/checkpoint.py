@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import InputError
+from pipeline.outputs import OwnedDir
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -31,18 +32,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any], *, step: int, keep: int) -> Path:
-    folder = checkpoint_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(run_dir: OwnedDir, state: dict[str, Any], *, step: int, keep: int) -> Path:
+    """Write the checkpoint of `step` (recorded in the run directory's ledger first) and prune the older ones."""
+    folder = checkpoint_dir(run_dir.root)
     path = folder / f"step_{step:07d}.pt"
+    run_dir.record(path.relative_to(run_dir.root).as_posix())
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{path.name}.tmp"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
+    for old in list_checkpoints(run_dir.root)[:-keep]:
+        run_dir.remove(old.relative_to(run_dir.root).as_posix())
     return path
 
 

@@ -33,6 +33,7 @@ from pipeline.train.loss import token_loss_sum
 from pipeline.train.lr import lr_at
 from pipeline.train.metrics import MetricsLog, plot_losses
 from pipeline.train.model import build_model, save_final
+from pipeline.train.run_dir import claim_run_dir
 from schemas.train_config import RESUME_FIXED, TrainConfig
 
 
@@ -120,6 +121,8 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         raise ConfigError([f"warmup_steps ({cfg.warmup_steps}) must be below the run's steps ({max_steps}, from "
                            f"epochs={cfg.epochs or 1.0})"])
 
+    run_dir = claim_run_dir(cfg, world=world, writer=master)  # new, empty or a run of ours; refused otherwise
+
     # -- resume: refuse mismatches before the model is built --------------------------------------------------
     checkpoints = list_checkpoints(out)
     if cfg.resume and not checkpoints:
@@ -204,7 +207,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         else:
             rngs = [rng_state()]
         if master:
-            save_checkpoint(out, {
+            save_checkpoint(run_dir, {
                 "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
@@ -284,7 +287,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         rank_log.close()
     if not master:
         return None
-    final = save_final(raw_model, out, tokenizer_dir=shards.tokenizer_dir, lora=cfg.lora)
+    final = save_final(raw_model, run_dir, tokenizer_dir=shards.tokenizer_dir, lora=cfg.lora)
     records = metrics.read()
     plot_losses(records, out / "loss.png")
     losses = [r["loss"] for r in records if "loss" in r]

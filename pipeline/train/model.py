@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.outputs import OwnedDir
 from schemas.train_config import TrainConfig
 
 
@@ -82,20 +83,17 @@ def _lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
         raise ConfigError([f"lora_target_modules {list(cfg.lora_target_modules)}: {e}"]) from None
 
 
-def save_final(model: nn.Module, out: Path, *, tokenizer_dir: Path, lora: bool) -> Path:
-    """`out/final`: a plain transformers model (LoRA merged in; the adapter alone goes to `out/adapter`) with the
-    shards' tokenizer files copied beside it. Written to a temp dir, then renamed."""
+def save_final(model: nn.Module, run_dir: OwnedDir, *, tokenizer_dir: Path, lora: bool) -> Path:
+    """`RUN_DIR/final`: a plain transformers model (LoRA merged in; the adapter alone goes to `RUN_DIR/adapter`) with
+    the shards' tokenizer files copied beside it. Written to a scratch dir, then moved into place."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is enough; theirs prints even when stderr is not a tty
-    final, tmp = out / "final", out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     if lora:
-        adapter_tmp = out / ".adapter.tmp"
-        shutil.rmtree(adapter_tmp, ignore_errors=True)
-        model.save_pretrained(adapter_tmp)
-        _replace_dir(adapter_tmp, out / "adapter")
+        model.save_pretrained(run_dir.scratch(".adapter.tmp", fresh=True))
+        run_dir.replace_dir(".adapter.tmp", "adapter")
         model = model.merge_and_unload()
+    tmp = run_dir.scratch(".final.tmp", fresh=True)
     model.config.use_cache = True  # for generation
     model.save_pretrained(tmp)
     model.config.use_cache = False
@@ -103,16 +101,4 @@ def save_final(model: nn.Module, out: Path, *, tokenizer_dir: Path, lora: bool) 
         for file in sorted(tokenizer_dir.iterdir()):
             if file.is_file() and not (tmp / file.name).exists():  # the model's own config files win
                 shutil.copy2(file, tmp / file.name)
-    _replace_dir(tmp, final)
-    return final
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(dest)
+    return run_dir.replace_dir(".final.tmp", "final")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from train_helpers import VOCAB, run_cli, write_shards
 
 from pipeline.cli import main
+from pipeline.outputs import LEDGER
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
 
@@ -71,6 +72,7 @@ def test_resume_is_exact(shards, tmp_path):
     (part / "checkpoints").mkdir()
     shutil.copy(full / "checkpoints" / "step_0000003.pt", part / "checkpoints")  # as if stopped after step 3
     shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")  # holds steps 4-6 too: resume must drop them
+    shutil.copy(full / LEDGER, part / LEDGER)  # the list of what the run wrote, which it may replace
     run(shards, part, max_steps=6, save_interval=3, packing=True, batch_size=2, resume=True)
     assert losses(part) == losses(full) and len(losses(full)) == 6
     a = torch.load(full / "checkpoints" / "step_0000006.pt", weights_only=True)["model"]
