@@ -12,6 +12,7 @@ import pytest
 import torch
 from train_helpers import run_cli, write_shards
 
+from pipeline.outputs import LEDGER
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
 
@@ -53,6 +54,7 @@ def test_resume_on_cuda(shards, tmp_path):
     (part / "checkpoints").mkdir(parents=True)
     shutil.copy(full / "checkpoints" / "step_0000003.pt", part / "checkpoints")
     shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    shutil.copy(full / LEDGER, part / LEDGER)  # the list of what the run wrote, which it may replace
     run(shards, part, resume=True, **opts)
     assert losses(part) == pytest.approx(losses(full), rel=1e-5, abs=1e-6)
 
