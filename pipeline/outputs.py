@@ -102,9 +102,9 @@ class OwnedDir:
         source, target = self.root / staged, self.root / dest
         self.refuse_foreign(dest)
         self.record(dest, *(f"{dest}/{p.relative_to(source).as_posix()}" for p in sorted(source.rglob("*"))))
+        old = PurePosixPath(dest).with_name(f".{target.name}.old").as_posix()
+        self.remove(old)  # left by a run killed mid-swap
         if os.path.lexists(target):
-            old = PurePosixPath(dest).with_name(f".{target.name}.old").as_posix()
-            self.remove(old)  # left by a run killed mid-swap
             self._scratch.add(old)
             self._save()
             os.replace(target, self.root / old)

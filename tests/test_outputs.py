@@ -126,6 +126,11 @@ def test_an_output_inside_an_input_folder_is_not_read_back(tmp_path):
     manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert [i["path"] for i in manifest["inputs"]] == [str(data / "chats.jsonl")]
     assert manifest["accounting"]["read"] == 5
+    from pipeline.ingest import resolve_inputs
+
+    assert resolve_inputs([f"{data}/**/*.json*", f"{data}/*"]) == [data / "chats.jsonl"]
+    named = preprocess(str(data / "shards"), "--out", str(tmp_path / "third"))
+    assert named.exit_code == 2 and f"{data / 'shards'}: an output directory of chatshard" in named.output
 
 
 def test_the_same_file_named_twice_is_read_once(tmp_path, chats, monkeypatch):
@@ -172,3 +177,32 @@ def test_the_ledger_rules(tmp_path):
     (out / LEDGER).write_text("{torn")
     with pytest.raises(OutputError, match="unreadable ledger"):
         claim(out, "shards")
+
+
+def test_a_directory_swap_killed_midway_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    import os
+
+    import pipeline.outputs as outputs
+
+    out = tmp_path / "out"
+    owned = outputs.claim(out, "run")
+    (owned.scratch(".final.tmp") / "weights").write_text("one")
+    owned.replace_dir(".final.tmp", "final")
+    (owned.scratch(".final.tmp", fresh=True) / "weights").write_text("two")
+    real_replace = os.replace
+
+    def killed_before_the_new_one_moves_in(src, dst):
+        if dst == out / "final":
+            raise KeyboardInterrupt  # final/ is set aside as .final.old, the new one not yet in place
+        real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", killed_before_the_new_one_moves_in)
+    with pytest.raises(KeyboardInterrupt):
+        owned.replace_dir(".final.tmp", "final")
+    monkeypatch.undo()
+    assert not (out / "final").exists() and (out / ".final.old" / "weights").read_text() == "one"
+    owned = outputs.claim(out, "run", writes=["final"])
+    (owned.scratch(".final.tmp", fresh=True) / "weights").write_text("three")
+    owned.replace_dir(".final.tmp", "final")
+    assert sorted(p.name for p in out.iterdir()) == [outputs.LEDGER, "final"]
+    assert (out / "final" / "weights").read_text() == "three"
