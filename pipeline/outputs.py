@@ -175,9 +175,10 @@ def claim(directory: Path, kind: str, *, inputs: Iterable[Path] = (), writes: It
 
 
 def is_tool_output(directory: Path) -> bool:
-    """Whether `directory` is an output of this tool (ledger, or an earlier version's manifest or run files): its
-    rejects, tokenizer and metrics files are never input data."""
-    return (directory / LEDGER).is_file() or _earlier_output(directory) is not None
+    """Whether `directory` is an output of this tool (a ledger, or the manifest of an earlier version): its rejects,
+    tokenizer and metrics files are never input data. An earlier run directory is only guessed from its file names,
+    too weak a sign to leave a folder of someone's data unread."""
+    return (directory / LEDGER).is_file() or _earlier_output(directory) == "shards"
 
 
 def _open(directory: Path, kind: str) -> OwnedDir:
