@@ -1,6 +1,8 @@
 """The command line: parse options, load a config model, call one library function, map errors to exit codes."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -26,6 +28,29 @@ class _Unreadable(click.ClickException):
     """An input, output directory or config that cannot be used at all: exit 2, like a usage error."""
 
     exit_code = 2
+
+
+INTERRUPTED = 130  # the shells' code for a process ended by Ctrl-C (128 + SIGINT)
+
+
+@contextmanager
+def _exit_codes(on_interrupt: str) -> Iterator[None]:
+    """One mapping from errors to exit codes, each shown as `Error: ...` without a traceback: 2 for unusable options,
+    inputs or output directories; 1 for a run that failed (a file that could not be read or written midway among
+    them); 130 for Ctrl-C, with `on_interrupt` saying how to go on."""
+    from pipeline.errors import ConfigError, InputError, OutputError, PipelineError
+
+    try:
+        yield
+    except (ConfigError, InputError, OutputError) as e:
+        raise _Unreadable(str(e)) from None
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; {on_interrupt}", err=True)
+        raise click.exceptions.Exit(INTERRUPTED) from None
 
 
 def _csv_map_option(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
@@ -99,6 +124,8 @@ tokenize once, map character spans to token labels, truncate, and write `dataset
 \b
 INPUT: files, globs or directories (or `inputs:` in --config). Flags override the config file.
 Rows that cannot be used go to DIR/rejects.jsonl with file:line and reason; the manifest counts every row.
+--out must be new, empty or an earlier output of preprocess, and apart from the inputs.
+Exit status: 0 done, 1 the run failed, 2 unusable options, inputs or --out, 130 interrupted (rerun to resume).
 
 \b
 Examples:
@@ -153,7 +180,7 @@ _PRESET_CHOICE = click.Choice(["default", "glm4", "trl_completion_only", "rasbt"
               "batches; one per core is fastest [default: 1].")
 @click.option("--rows-per-shard", type=int, help="Input rows per shard [default: 20000].")
 def preprocess_command(inputs, out, config_path, **options) -> None:
-    from pipeline.errors import ConfigError, InputError, PipelineError
+    from pipeline.errors import ConfigError
     from pipeline.run import preprocess
     from schemas.config import load_config
 
@@ -175,15 +202,11 @@ def preprocess_command(inputs, out, config_path, **options) -> None:
         overrides["mask.roles_to_train"] = [r.strip() for r in overrides["mask.roles_to_train"].split(",") if r.strip()]
     if inputs:
         overrides["inputs"] = list(inputs)
-    try:
+    with _exit_codes("rerun with the same arguments to resume"):
         config = load_config(config_path, overrides)
         if not config.inputs:
             raise ConfigError(["inputs: give INPUT arguments or `inputs:` in --config"])
         manifest = preprocess(config, out)
-    except (ConfigError, InputError) as e:
-        raise _Unreadable(str(e)) from None
-    except PipelineError as e:
-        raise click.ClickException(str(e)) from None
     click.echo(format_summary(manifest, out))
 
 
@@ -293,6 +316,10 @@ _TRAIN_EXAMPLES = """Train a causal LM on the shards written by `preprocess` (re
 template). Flags override the YAML config; every flag has a config key of the same name with '_' for '-'.
 
 \b
+--out must be new, empty or a run directory of this trainer, and apart from --data and --model.
+Exit status: 0 done, 1 the run failed, 2 unusable options, shards or --out, 130 interrupted (resume with --resume).
+
+\b
 Examples:
   python -m pipeline train --data out/shards --out out/run                  # tiny random model, CPU is fine
   python -m pipeline train --config data/train.yaml --data out/shards --out out/run
@@ -393,20 +420,15 @@ def _as_flag_value(value) -> str:
 @_flag("--double-quant/--no-double-quant", help_="4-bit: also quantize the quantization scales.")
 @_flag("--rank-log/--no-rank-log", help_="Write ranks/rank<R>.jsonl: sample ids per step and a weights digest.")
 def train_command(config: str | None, **flags) -> None:
-    from pipeline.errors import ConfigError, InputError, PipelineError
     from schemas.train_config import load_train_config
 
     if flags.get("lora_target_modules") is not None:
         flags["lora_target_modules"] = [m.strip() for m in flags["lora_target_modules"].split(",") if m.strip()]
-    try:
+    with _exit_codes("rerun with the same arguments plus --resume to continue from the newest checkpoint"):
         cfg = load_train_config(config, overrides=flags)
         from pipeline.train.loop import train
 
         result = train(cfg)
-    except (ConfigError, InputError) as e:  # bad options, missing or invalid shards: exit 2
-        raise click.UsageError(str(e)) from None
-    except PipelineError as e:
-        raise click.ClickException(str(e)) from None
     if result is not None:
         click.echo(result.summary())
 

@@ -17,6 +17,11 @@ class InputError(PipelineError):
     """An input file cannot be read at all (missing, undecodable container, unknown format)."""
 
 
+class OutputError(PipelineError):
+    """An output path cannot be used: it holds files this tool did not write, overlaps an input, or cannot be
+    created. Nothing has been removed or overwritten when this is raised."""
+
+
 class ConfigError(PipelineError):
     """A config file or option combination is invalid; `problems` lists every problem found, not just the first."""
 

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import codecs
 import csv
+import fnmatch
 import glob
 import gzip
 import json
+import os
 import re
+import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from pipeline import adapt, json_text
 from pipeline.errors import ConfigError, InputError, RowError
+from pipeline.outputs import is_tool_output
 from schemas.records import Conversation
 from schemas.sources import SourceConfig
 
@@ -53,37 +57,140 @@ def _has_input_suffix(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
 
-def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files, globs and directories (searched recursively for input suffixes) -> files, each group sorted, no repeats.
+@dataclass(frozen=True)
+class Inputs:
+    """What the input arguments name. `files`: the files to read, each real file once, under the first name it was
+    given by. `named`: the files and directories the arguments named, which an output directory must stay apart from."""
 
-    Order: the arguments in the order given; within a glob or a directory, sorted by path.
+    files: list[Path]
+    named: list[Path]
+
+
+def find_inputs(inputs: Sequence[str]) -> Inputs:
+    """Files, globs and directories (searched recursively for input suffixes) -> files, each group sorted.
+
+    Order: the arguments in the order given; within a glob or a directory, sorted by path. A file reached under
+    several names (a relative and an absolute path, a symlink) is read once and reported on stderr. Symlinked
+    folders are followed, but a folder already walked is not walked again (so a symlink loop ends), and an output
+    directory of this tool found while searching is not input.
     """
     if not inputs:
         raise InputError("no input given")
     found: list[Path] = []
+    named: list[Path] = []
     for spec in inputs:
         path = Path(spec)
         if glob.has_magic(spec):
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+            matches = sorted(_glob(spec))
+            named.extend(matches)
             files = [p for p in matches if p.is_file()]
             for d in (p for p in matches if p.is_dir()):
-                files.extend(p for p in d.rglob("*") if p.is_file() and _has_input_suffix(p))
+                files.extend(_files_under(d))
             if not files:
                 raise InputError(f"{spec}: no file matches")
             found.extend(sorted(files))
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and _has_input_suffix(p))
+            if is_tool_output(path):
+                raise InputError(f"{spec}: an output directory of chatshard, not input data")
+            named.append(path)
+            files = sorted(_files_under(path))
             if not files:
                 raise InputError(f"{spec}: directory holds no {', '.join(SUFFIXES)} file")
             found.extend(files)
         elif path.is_file():
+            named.append(path)
             found.append(path)
         else:
             raise InputError(f"{spec}: no such file or directory")
-    unique = list(dict.fromkeys(found))
+    unique = _read_once(found)
     for path in unique:
         container_kind(path)  # refuses unknown extensions up front
-    return unique
+    return Inputs(unique, named)
+
+
+def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
+    """The files to read for these arguments (`find_inputs`)."""
+    return find_inputs(inputs).files
+
+
+def _read_once(paths: list[Path]) -> list[Path]:
+    """Each real file once, under the first name given. The same name given twice is dropped quietly (overlapping
+    globs); the same file under another name is named on stderr, since the arguments probably say less than meant."""
+    first: dict[str, Path] = {}
+    others: dict[Path, list[Path]] = {}
+    for path in paths:
+        kept = first.setdefault(os.path.realpath(path), path)
+        if kept != path and path not in others.setdefault(kept, []):
+            others[kept].append(path)
+    repeats = [f"{kept} (also given as {', '.join(map(str, also))})" for kept, also in others.items() if also]
+    if repeats:
+        more = f"; and {len(repeats) - 3} more" if len(repeats) > 3 else ""
+        print(f"warning: input files named more than once are read once: {'; '.join(repeats[:3])}{more}",
+              file=sys.stderr)
+    return list(first.values())
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """Input files below `directory`, symlinked folders followed, each real folder walked once, outputs skipped.
+    The walk order is fixed (real folders before links, then by name), so a folder reached twice always gives its
+    files the same names."""
+    found: list[Path] = []
+    walked: set[str] = set()
+    for folder, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in walked or (folder != str(directory) and is_tool_output(Path(folder))):
+            dirs[:] = []
+            continue
+        walked.add(real)
+        dirs[:] = [p.name for p in _walk_order(Path(folder) / d for d in dirs)]
+        found.extend(p for p in (Path(folder) / n for n in names) if _has_input_suffix(p) and p.is_file())
+    return found
+
+
+def _glob(spec: str) -> Iterator[Path]:
+    """The paths `spec` matches, as `glob.glob(spec, recursive=True)` finds them (`**`: any depth of folders, names
+    starting with a dot only matched explicitly), but a `**` walks each real folder once and skips outputs of this
+    tool: a symlink loop cannot multiply the matches."""
+    parts = Path(spec).parts
+    literal = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return _match(Path(*parts[:literal]), parts[literal:], set())
+
+
+def _match(base: Path, parts: tuple[str, ...], walked: set) -> Iterator[Path]:
+    if not parts:
+        yield base
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "**" and not rest:
+        yield base  # a folder: every input file below it is read
+    elif head == "**":
+        key = (os.path.realpath(base), rest)
+        if key in walked:
+            return
+        walked.add(key)
+        yield from _match(base, rest, walked)
+        for child in _entries(base):
+            if child.is_dir() and not child.name.startswith(".") and not is_tool_output(child):
+                yield from _match(child, parts, walked)
+    elif glob.has_magic(head):
+        for child in _entries(base):
+            if fnmatch.fnmatchcase(child.name, head) and (head.startswith(".") or not child.name.startswith(".")) \
+                    and not (child.is_dir() and is_tool_output(child)):
+                yield from _match(child, rest, walked)
+    elif os.path.lexists(base / head):
+        yield from _match(base / head, rest, walked)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return _walk_order(folder.iterdir())
+    except OSError:  # not a folder, or not readable: nothing matches below it
+        return []
+
+
+def _walk_order(paths: Iterable[Path]) -> list[Path]:
+    """Real entries before symlinks, then by name: a file reachable both ways keeps its real name."""
+    return sorted(paths, key=lambda p: (p.is_symlink(), p.name))
 
 
 def container_kind(path: Path) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.check import CheckReport, RowSample, format_value
 from pipeline.mask import IGNORE_INDEX
-from pipeline.shards import write_atomic
+from pipeline.outputs import write_atomic
 from pipeline.show import token_pieces
 from pipeline.tokenize import special_token_ids
 

@@ -12,7 +12,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import PipelineError, RowError
-from pipeline.ingest import RawRecord, detect_format, read_records, resolve_inputs, to_conversation
+from pipeline.errors import InputError, PipelineError, RowError
+from pipeline.ingest import RawRecord, detect_format, find_inputs, read_records, to_conversation
 from pipeline.mask import message_regions, token_labels, trained_messages
+from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.presets import glm4_rows, trl_completion_labels
 from pipeline.progress import progress
 from pipeline.render import Rendered, Renderer, holds_reserved_characters, renderer_args
@@ -41,7 +41,7 @@ from pipeline.shards import (
     ShardWriter,
     finalize_split,
     sha256_file,
-    write_atomic,
+    split_files,
     write_dataset_dict,
     write_manifest,
 )
@@ -62,6 +62,9 @@ from schemas.config import PreprocessConfig
 from schemas.records import Conversation
 
 SPLITS = ("train", "eval")
+WORK_DIR = ".work"
+# Everything preprocess creates or replaces in its output directory (the split folders' files are recorded as made).
+OUTPUT_PATHS = (MANIFEST, "dataset_dict.json", "rejects.jsonl", "warnings.jsonl", "tokenizer", WORK_DIR, *SPLITS)
 
 
 @dataclass
@@ -428,14 +431,16 @@ _END = object()
 
 def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
     """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run."""
-    paths = resolve_inputs(config.inputs)
-    inputs = [{"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size, "format": detect_format(p, config.source)} for p in paths]
+    found = find_inputs(config.inputs)
+    owned = claim(out, "shards", inputs=[*found.named, *found.files, *_local_paths(config)], writes=OUTPUT_PATHS)
+    paths = found.files
+    inputs = [_describe_input(p, config) for p in paths]
     with _collector_paused():
         processor = Processor(config)
     with processor:
         summary = tokenizer_summary(processor.tokenizer, processor.template)
         run_key = _fingerprint({"config": config.model_dump(mode="json"), "inputs": inputs, "tokenizer": summary, "version": __version__})
-        work = _prepare_work_dir(out, run_key)
+        work = _prepare_work_dir(owned, run_key)
         stats = Stats()
         shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
         records = progress(read_records(paths, config.source), desc="preprocess")
@@ -453,7 +458,7 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
                 shards[split].append((work / info["file"], ShardInfo(**info)))
         if not stats.balanced:
             raise PipelineError(f"internal accounting error: {stats.to_json()}")
-        return _finalize(out, work, config, processor, inputs, summary, stats, shards)
+        return _finalize(owned, work, config, processor, inputs, summary, stats, shards)
 
 
 @contextmanager
@@ -469,18 +474,31 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _local_paths(config: PreprocessConfig) -> list[Path]:
+    """The tokenizer and chat template files this run reads, where they are local paths: inputs too."""
+    named = (config.render.tokenizer, config.render.chat_template)
+    return [Path(p) for p in named if p and Path(p).exists()]
+
+
+def _describe_input(path: Path, config: PreprocessConfig) -> dict[str, Any]:
+    """The manifest's entry for one input file; `InputError` naming the file when it cannot be read."""
+    try:
+        return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                "format": detect_format(path, config.source)}
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def _fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def _prepare_work_dir(out: Path, run_key: str) -> Path:
+def _prepare_work_dir(owned: OwnedDir, run_key: str) -> Path:
     """The journal directory. A journal from a different config or different inputs is discarded, not reused."""
-    work = out / ".work"
-    key_file = work / "run.key"
-    if work.exists() and (not key_file.exists() or key_file.read_text() != run_key):
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    if not key_file.exists():
+    key_file = owned.root / WORK_DIR / "run.key"
+    fresh = not key_file.exists() or key_file.read_text() != run_key
+    work = owned.scratch(WORK_DIR, fresh=fresh)
+    if fresh:
         write_atomic(key_file, run_key.encode())
     return work
 
@@ -518,14 +536,16 @@ def _jsonl(errors: list[RowError]) -> bytes:
     return "".join(json.dumps(e.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for e in errors).encode("utf-8")
 
 
-def _finalize(out, work, config, processor, inputs, summary, stats, shards) -> dict[str, Any]:
+def _finalize(owned: OwnedDir, work, config, processor, inputs, summary, stats, shards) -> dict[str, Any]:
     """Move everything into place; the manifest goes last, so a directory with one is complete."""
-    (out / MANIFEST).unlink(missing_ok=True)
+    out = owned.root
+    owned.remove(MANIFEST)
     for split in SPLITS:
-        shutil.rmtree(out / split, ignore_errors=True)
+        owned.remove(split)
     splits = {}
     for split in SPLITS:
         if shards[split]:
+            owned.record(*(f"{split}/{name}" for name in split_files(len(shards[split]))))
             final = finalize_split(out / split, shards[split])
             splits[split] = {
                 "rows": sum(s.rows for s in final),
@@ -537,9 +557,8 @@ def _finalize(out, work, config, processor, inputs, summary, stats, shards) -> d
     for name in ("rejects", "warnings"):
         parts = sorted(work.glob(f"chunk-*.{name}.jsonl"))
         write_atomic(out / f"{name}.jsonl", b"".join(p.read_bytes() for p in parts))
-    tokenizer_dir = out / "tokenizer"
-    shutil.rmtree(tokenizer_dir, ignore_errors=True)
-    save_tokenizer(processor.tokenizer, processor.template, tokenizer_dir)
+    save_tokenizer(processor.tokenizer, processor.template, owned.scratch(".tokenizer.tmp", fresh=True))
+    owned.replace_dir(".tokenizer.tmp", "tokenizer")
     manifest = {
         "version": MANIFEST_VERSION,
         "tool": {"name": "chatshard", "version": __version__},
@@ -556,6 +575,7 @@ def _finalize(out, work, config, processor, inputs, summary, stats, shards) -> d
         "accounting": stats.to_json(),
         "rejects_sha256": sha256_file(out / "rejects.jsonl"),
     }
+    owned.record(MANIFEST)
     write_manifest(out, manifest)
-    shutil.rmtree(work)
+    owned.remove(WORK_DIR)
     return manifest

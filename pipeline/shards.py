@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.mask import IGNORE_INDEX
+from pipeline.outputs import write_atomic
 
 _FEATURES = {
     "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
@@ -72,16 +73,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside `path`, fsync, then rename over it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -157,13 +148,18 @@ def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
     return info
 
 
+def split_files(total: int) -> list[str]:
+    """The files `finalize_split` writes for a split of `total` shards: the shards under their `datasets` names,
+    then the metadata files."""
+    return [f"data-{k:05d}-of-{total:05d}.arrow" for k in range(total)] + ["state.json", "dataset_info.json"]
+
+
 def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]]) -> list[ShardInfo]:
     """Move a split's shard files into place under their `datasets` names and write its metadata files."""
     split_dir.mkdir(parents=True, exist_ok=True)
-    total = len(shards)
+    names = split_files(len(shards))
     final: list[ShardInfo] = []
-    for k, (path, info) in enumerate(shards):
-        name = f"data-{k:05d}-of-{total:05d}.arrow"
+    for name, (path, info) in zip(names, shards):
         os.replace(path, split_dir / name)
         final.append(ShardInfo(name, info.rows, info.tokens, info.trained_tokens, info.sha256))
     fingerprint = hashlib.sha256("".join(s.sha256 for s in final).encode()).hexdigest()[:16]

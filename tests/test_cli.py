@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -57,7 +58,8 @@ def test_config_problems_are_all_listed_and_exit_2(tmp_path, chats):
 def test_missing_input_and_bad_tokenizer_are_clear_errors(tmp_path, chats):
     missing = CliRunner().invoke(main, ["preprocess", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "nope.jsonl" in missing.output
-    bad_tok = CliRunner().invoke(main, ["preprocess", str(chats), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")])
+    (tmp_path / "empty").mkdir()
+    bad_tok = CliRunner().invoke(main, ["preprocess", str(chats), "--tokenizer", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert bad_tok.exit_code == 1 and "cannot load tokenizer" in bad_tok.output
     assert "Traceback" not in missing.output + bad_tok.output
 
@@ -81,3 +83,43 @@ def test_every_command_has_help_with_examples():
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0, command
     assert "Examples:" in CliRunner().invoke(main, ["preprocess", "--help"]).output
+
+
+def test_an_unreadable_input_is_a_clear_error(tmp_path):
+    """A file that opens but cannot be read (as root, permissions do not make one: /proc/self/mem fails with EIO)."""
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("needs Linux /proc")
+    unreadable = tmp_path / "chats.jsonl"
+    unreadable.symlink_to("/proc/self/mem")
+    result = CliRunner().invoke(main, ["preprocess", str(unreadable), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert f"{unreadable}: cannot read" in result.output and "Traceback" not in result.output
+
+
+def test_an_output_that_cannot_be_created_is_a_clear_error(tmp_path, chats):
+    (tmp_path / "file.txt").write_text("x")
+    cases = [(tmp_path / "file.txt" / "out", f"{tmp_path / 'file.txt'} is a file")]
+    if Path("/sys").is_dir():  # sysfs refuses new folders, even to root
+        cases.append((Path("/sys/chatshard-test/out"), "cannot create the output directory"))
+    for out, cause in cases:
+        result = CliRunner().invoke(main, ["preprocess", str(chats), "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"Error: {out}: cannot create the output directory" in result.output and cause in result.output
+        assert "Traceback" not in result.output
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+def test_ctrl_c_exits_130_and_a_rerun_resumes(tmp_path, chats, monkeypatch):
+    import pipeline.run as run_module
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    args = ["preprocess", str(chats), "--tokenizer", str(DEMO_TOKENIZER), "--out", str(tmp_path / "out")]
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "_write_chunk", interrupted)
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    assert result.output.strip() == "interrupted; rerun with the same arguments to resume"
+    resumed = CliRunner().invoke(main, args)
+    assert resumed.exit_code == 0 and "written 5" in resumed.output, resumed.output

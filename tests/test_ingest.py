@@ -65,6 +65,48 @@ def test_resolve_inputs_errors(tmp_path):
         resolve_inputs([])
 
 
+def test_one_file_under_a_relative_and_an_absolute_name_is_read_once(tmp_path, monkeypatch, capsys):
+    write(tmp_path / "chats.jsonl", json.dumps(CHAT) + "\n")
+    monkeypatch.chdir(tmp_path)
+    got = resolve_inputs(["chats.jsonl", str(tmp_path / "chats.jsonl"), "./chats.jsonl", "."])
+    assert got == [Path("chats.jsonl")]
+    warning = capsys.readouterr().err
+    assert "read once" in warning and f"chats.jsonl (also given as {tmp_path / 'chats.jsonl'})" in warning
+
+
+def test_a_symlink_loop_is_walked_once(tmp_path):
+    """`data/sub/loop` points back at `data`: a `**` glob and a directory walk find each file once, and quickly."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    write(data / "a.jsonl", "")
+    write(data / "sub" / "b.jsonl", "")
+    (data / "sub" / "loop").symlink_to(data, target_is_directory=True)
+    expected = [data / "a.jsonl", data / "sub" / "b.jsonl"]
+    assert resolve_inputs([f"{data}/**/*.jsonl"]) == expected
+    assert resolve_inputs([f"{data}/**"]) == expected
+    (data / "again").symlink_to(data / "sub", target_is_directory=True)  # a second way into the same folder
+    assert resolve_inputs([str(data)]) == expected
+    assert resolve_inputs([f"{data}/**/*.jsonl"]) == expected
+
+
+def test_a_symlinked_folder_that_is_no_loop_is_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write(elsewhere / "c.jsonl", "")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "link").symlink_to(elsewhere, target_is_directory=True)
+    assert resolve_inputs([f"{data}/**/*.jsonl"]) == [data / "link" / "c.jsonl"]
+    assert resolve_inputs([str(data)]) == [data / "link" / "c.jsonl"]
+
+
+def test_glob_matches_hidden_names_only_when_asked(tmp_path):
+    write(tmp_path / ".hidden.jsonl", "")
+    write(tmp_path / "seen.jsonl", "")
+    assert resolve_inputs([f"{tmp_path}/*.jsonl"]) == [tmp_path / "seen.jsonl"]
+    assert resolve_inputs([f"{tmp_path}/.*.jsonl"]) == [tmp_path / ".hidden.jsonl"]
+
+
 # --- JSONL ----------------------------------------------------------------------------------------------------------
 def test_jsonl_rows_are_physical_lines_and_bad_lines_are_row_errors(tmp_path):
     path = write(tmp_path / "x.jsonl", json.dumps(CHAT) + "\n\n" + '{"messages": [\n' + json.dumps(CHAT) + "\n")

@@ -11,6 +11,7 @@ import pytest
 
 import pipeline.run as run_module
 from pipeline.errors import PipelineError
+from pipeline.outputs import claim
 from pipeline.run import preprocess
 from pipeline.shards import sha256_file
 from schemas.config import load_config
@@ -193,7 +194,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
 def test_a_changed_config_does_not_reuse_the_journal(tmp_path, monkeypatch):
     data = _write(tmp_path / "chats.jsonl", [_chat(k) for k in range(10)])
     out = tmp_path / "out"
-    (out / ".work").mkdir(parents=True)
+    claim(out, "shards").scratch(".work")  # a journal of this tool's, left by a run with another config
     (out / ".work" / "run.key").write_text("another run")
     (out / ".work" / "chunk-00000.json").write_text("{}")
     manifest = preprocess(_config([data]), out)

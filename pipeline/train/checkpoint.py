@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import InputError
+from pipeline.outputs import OwnedDir
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 _KEYS = ("model", "optimizer", "step", "micro_batch", "rng", "config", "world_size", "data", "evals")
@@ -36,20 +37,22 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any], *, step: int, keep: int, best: int | None = None) -> Path:
-    """Write the checkpoint of `step`, then delete all but the newest `keep` and the one of step `best`."""
-    folder = checkpoint_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(run_dir: OwnedDir, state: dict[str, Any], *, step: int, keep: int, best: int | None = None) -> Path:
+    """Write the checkpoint of `step` (recorded in the run directory's ledger first), then delete all but the newest
+    `keep` and the one of step `best`."""
+    folder = checkpoint_dir(run_dir.root)
     path = folder / checkpoint_name(step)
+    run_dir.record(path.relative_to(run_dir.root).as_posix())
+    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{path.name}.tmp"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for old in list_checkpoints(run_dir.root)[:-keep]:
         if old.name != checkpoint_name(best):
-            old.unlink(missing_ok=True)
+            run_dir.remove(old.relative_to(run_dir.root).as_posix())
     return path
 
 
@@ -57,10 +60,11 @@ def checkpoint_name(step: int | None) -> str | None:
     return None if step is None else f"step_{step:07d}.pt"
 
 
-def write_best(run_dir: Path, *, step: int, eval_loss: float) -> None:
+def write_best(run_dir: OwnedDir, *, step: int, eval_loss: float) -> None:
     """`checkpoints/best.json`: the step with the lowest eval loss so far, for people and scripts (the run itself
     reads it from the checkpoint)."""
-    folder = checkpoint_dir(run_dir)
+    folder = checkpoint_dir(run_dir.root)
+    run_dir.record((folder / BEST).relative_to(run_dir.root).as_posix())
     tmp = folder / f".{BEST}.tmp"
     tmp.write_text(json.dumps({"step": step, "eval_loss": eval_loss, "checkpoint": checkpoint_name(step)}) + "\n",
                    encoding="utf-8")

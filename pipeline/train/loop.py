@@ -40,6 +40,7 @@ from pipeline.train.neftune import NEFTune
 from pipeline.train.optim import build_optimizer, require_bitsandbytes
 from pipeline.train.reporter import Reporter, check_report_to
 from pipeline.train.resume import check_resume, data_record
+from pipeline.train.run_dir import claim_run_dir
 from schemas.train_config import TrainConfig
 
 
@@ -138,6 +139,8 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         raise ConfigError([f"warmup_steps ({cfg.warmup_steps}) must be below the run's steps ({max_steps}, from "
                            f"epochs={cfg.epochs or 1.0})"])
 
+    run_dir = claim_run_dir(cfg, world=world, writer=master)  # new, empty or a run of ours; refused otherwise
+
     # -- resume: refuse mismatches before the model is built --------------------------------------------------
     # A run dir without a checkpoint (killed before its first one) holds nothing to continue: a fresh start over it
     # is allowed and starts clean.
@@ -231,7 +234,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         else:
             rngs = [rng_state()]
         if master:
-            save_checkpoint(out, {
+            save_checkpoint(run_dir, {
                 "model": trained_state(raw_model),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
@@ -243,7 +246,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
                 "evals": tracker.state(),
             }, step=step, keep=cfg.keep_checkpoints, best=tracker.best_step)
             if tracker.best_step is not None:
-                write_best(out, step=tracker.best_step, eval_loss=tracker.best_loss)
+                write_best(run_dir, step=tracker.best_step, eval_loss=tracker.best_loss)
         if ddp:
             dist.barrier()
 
@@ -314,8 +317,8 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
     reporter.close()
     final_step, final_why = _final_choice(cfg, tracker, step=step)
     if final_step != step:
-        raw_model.load_state_dict(load_model_state(out, final_step))
-    final = save_final(raw_model, out, tokenizer_dir=shards.tokenizer_dir, lora=cfg.lora)
+        load_trained_state(raw_model, load_model_state(out, final_step))
+    final = save_final(raw_model, run_dir, tokenizer_dir=shards.tokenizer_dir, lora=cfg.lora)
     records = reporter.read()
     plot_losses(records, out / "loss.png", final_step=final_step)
     losses = [r["loss"] for r in records if "loss" in r]

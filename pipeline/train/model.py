@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.outputs import OwnedDir
 from schemas.train_config import TrainConfig
 
 
@@ -176,20 +177,17 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
     model.load_state_dict({name: state[name] for name in trained}, strict=False)
 
 
-def save_final(model: nn.Module, out: Path, *, tokenizer_dir: Path, lora: bool) -> Path:
-    """`out/final`: a plain transformers model (LoRA merged in; the adapter alone goes to `out/adapter`) with the
-    shards' tokenizer files copied beside it. Written to a temp dir, then renamed."""
+def save_final(model: nn.Module, run_dir: OwnedDir, *, tokenizer_dir: Path, lora: bool) -> Path:
+    """`RUN_DIR/final`: a plain transformers model (LoRA merged in; the adapter alone goes to `RUN_DIR/adapter`) with
+    the shards' tokenizer files copied beside it. Written to a scratch dir, then moved into place."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bar is enough; theirs prints even when stderr is not a tty
-    final, tmp = out / "final", out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     if lora:
-        adapter_tmp = out / ".adapter.tmp"
-        shutil.rmtree(adapter_tmp, ignore_errors=True)
-        model.save_pretrained(adapter_tmp)
-        _replace_dir(adapter_tmp, out / "adapter")
+        model.save_pretrained(run_dir.scratch(".adapter.tmp", fresh=True))
+        run_dir.replace_dir(".adapter.tmp", "adapter")
         model = _merged(model)
+    tmp = run_dir.scratch(".final.tmp", fresh=True)
     model.config.use_cache = True  # for generation
     model.save_pretrained(tmp)
     model.config.use_cache = False
@@ -197,8 +195,7 @@ def save_final(model: nn.Module, out: Path, *, tokenizer_dir: Path, lora: bool) 
         for file in sorted(tokenizer_dir.iterdir()):
             if file.is_file() and not (tmp / file.name).exists():  # the model's own config files win
                 shutil.copy2(file, tmp / file.name)
-    _replace_dir(tmp, final)
-    return final
+    return run_dir.replace_dir(".final.tmp", "final")
 
 
 def _merged(model: nn.Module) -> nn.Module:
@@ -218,14 +215,3 @@ def _merged(model: nn.Module) -> nn.Module:
     fresh = get_peft_model(base, copy.deepcopy(config))
     set_peft_model_state_dict(fresh, get_peft_model_state_dict(model))
     return fresh.merge_and_unload()
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dest.rename(old)
-        tmp.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(dest)

@@ -3,11 +3,10 @@ step, the stop reason, and early-stopping state carried exactly through `--resum
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-from train_helpers import write_shards
+from train_helpers import copy_run_until, write_shards
 
 from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import list_checkpoints, load_checkpoint
@@ -141,11 +140,7 @@ def test_early_stopping_survives_resume_exactly(rising, tmp_path):
     run(rising, full, **{**STOPPING, "keep_checkpoints": 40})
     stop = records(full)[-1]["step"]
     resume_at = stop - 2  # after the first evaluation without improvement: the count must carry over
-    (part / "checkpoints").mkdir(parents=True)
-    for ckpt in list_checkpoints(full):
-        if int(ckpt.stem.split("_")[1]) <= resume_at:
-            shutil.copy(ckpt, part / "checkpoints")
-    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    copy_run_until(full, part, resume_at)
     result = run(rising, part, **{**STOPPING, "keep_checkpoints": 40}, resume=True)
     assert result.steps == stop and untimed(part) == untimed(full)
     assert (part / "checkpoints" / "best.json").read_text() == (full / "checkpoints" / "best.json").read_text()

@@ -6,13 +6,12 @@ On a machine without one every test here is skipped (CI has none); the CPU paths
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from importlib.util import find_spec
 
 import pytest
 import torch
-from train_helpers import VOCAB, run_cli, write_shards
+from train_helpers import VOCAB, copy_run_until, run_cli, write_shards
 
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
@@ -52,9 +51,7 @@ def test_resume_on_cuda(shards, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     opts = {"max_steps": 6, "save_interval": 3, "packing": True, "batch_size": 2, "device": "cuda"}
     run(shards, full, **opts)
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copy(full / "checkpoints" / "step_0000003.pt", part / "checkpoints")
-    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    copy_run_until(full, part, 3)
     run(shards, part, resume=True, **opts)
     assert losses(part) == pytest.approx(losses(full), rel=1e-5, abs=1e-6)
 
@@ -94,9 +91,7 @@ def test_qlora_paged_adamw_resumes_on_cuda(tmp_path):
             "gradient_checkpointing": True, "max_steps": 4, "save_interval": 2}
     full, part = tmp_path / "full", tmp_path / "part"
     train(load_train_config(overrides={**opts, "out": str(full)}))
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copy(full / "checkpoints" / "step_0000002.pt", part / "checkpoints")
-    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    copy_run_until(full, part, 2)
     train(load_train_config(overrides={**opts, "out": str(part), "resume": True}))
     assert len(losses(full)) == 4 and torch.isfinite(torch.tensor(losses(full))).all()
     assert losses(part) == pytest.approx(losses(full), rel=1e-5, abs=1e-6)

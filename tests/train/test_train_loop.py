@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import VOCAB, run_cli, write_shards
+from train_helpers import VOCAB, copy_run_until, run_cli, write_shards
 
 from pipeline.cli import main
 from pipeline.train.loop import train
@@ -67,10 +66,7 @@ def test_outputs_and_final_model(shards, tmp_path):
 def test_resume_is_exact(shards, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run(shards, full, max_steps=6, save_interval=3, packing=True, batch_size=2)
-    part.mkdir()
-    (part / "checkpoints").mkdir()
-    shutil.copy(full / "checkpoints" / "step_0000003.pt", part / "checkpoints")  # as if stopped after step 3
-    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")  # holds steps 4-6 too: resume must drop them
+    copy_run_until(full, part, 3)
     run(shards, part, max_steps=6, save_interval=3, packing=True, batch_size=2, resume=True)
     assert losses(part) == losses(full) and len(losses(full)) == 6
     a = torch.load(full / "checkpoints" / "step_0000006.pt", weights_only=True)["model"]

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import tiny_model, write_shards
+from train_helpers import copy_run_until, tiny_model, write_shards
 
 from pipeline.cli import main
 from pipeline.train.data import collate, open_shards
@@ -148,7 +147,5 @@ def test_resume_with_neftune_is_exact(shards, tmp_path):
 
     full = run(tmp_path / "full")
     part = tmp_path / "part"
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copy(tmp_path / "full" / "checkpoints" / "step_0000002.pt", part / "checkpoints")
-    shutil.copy(tmp_path / "full" / "metrics.jsonl", part / "metrics.jsonl")
+    copy_run_until(tmp_path / "full", part, 2)
     assert run(part, resume=True) == full

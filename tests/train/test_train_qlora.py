@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 from importlib.util import find_spec
 
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import VOCAB, write_shards
+from train_helpers import VOCAB, copy_run_until, write_shards
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
@@ -120,9 +119,7 @@ def test_qlora_resume_is_exact(shards, saved_model, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     opts = {"max_steps": 4, "save_interval": 2, "optim": "adamw_8bit", "lora_dropout": 0.1}
     run(shards, saved_model, full, **opts)
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copy(full / "checkpoints" / "step_0000002.pt", part / "checkpoints")
-    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    copy_run_until(full, part, 2)
     run(shards, saved_model, part, resume=True, **opts)
     assert curve(part) == curve(full) and sum(loss is not None for _, loss, _ in curve(full)) == 4
     a = torch.load(full / "checkpoints" / "step_0000004.pt", weights_only=True)["model"]

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import run_cli, write_shards
+from train_helpers import copy_run_until, run_cli, write_shards
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, InputError
@@ -159,8 +159,7 @@ def test_run_killed_before_its_first_checkpoint_starts_again(shards, tmp_path):
 def test_torn_last_metrics_line_is_dropped(shards, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run(shards, full, max_steps=4, save_interval=2)
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copy(full / "checkpoints" / "step_0000002.pt", part / "checkpoints")
+    copy_run_until(full, part, 2)
     lines = (full / "metrics.jsonl").read_text().splitlines(keepends=True)
     (part / "metrics.jsonl").write_text("".join(lines[:3]) + lines[3][:25])  # killed while writing step 4
     run(shards, part, max_steps=4, save_interval=2, resume=True)

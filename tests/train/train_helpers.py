@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,17 @@ def tiny_model(attn: str = "sdpa", seed: int = 0, arch: str = "llama", tied: boo
                         tie_word_embeddings=tied)
     config._attn_implementation = attn
     return model_cls(config)
+
+
+def copy_run_until(full: Path, part: Path, step: int) -> None:
+    """`part` as `full`'s run directory was when killed right after its checkpoint of `step`: the checkpoints up to
+    `step`, `metrics.jsonl` (holding later steps too: resume must drop them) and the ledger (the list of what the run
+    wrote, which a resume may replace)."""
+    from pipeline.outputs import LEDGER
+
+    (part / "checkpoints").mkdir(parents=True)
+    for ckpt in sorted((full / "checkpoints").glob("step_*.pt")):
+        if int(ckpt.stem.split("_")[1]) <= step:
+            shutil.copy(ckpt, part / "checkpoints")
+    shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
+    shutil.copy(full / LEDGER, part / LEDGER)
