@@ -24,7 +24,7 @@ install: $(STAMP)
 
 # The demo tokenizer is committed; this rebuilds it (byte-identical: a test checks it).
 demo-tokenizer: $(STAMP)
-	$(PY) -m pipeline build-demo-tokenizer --corpus data/corpus.txt --out data/tokenizer
+	$(PY) -m tools.build_demo_tokenizer --corpus data/corpus.txt --out data/tokenizer
 
 preprocess: $(STAMP)
 	$(PY) -m pipeline preprocess --config data/preprocess.yaml --out $(OUT)/shards
@@ -41,7 +41,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m pipeline.bench
+	$(PY) -m tools.bench
 
 clean:
 	rm -rf $(OUT)

@@ -55,7 +55,7 @@ def _exit_codes(on_interrupt: str) -> Iterator[None]:
 
 def _csv_map_option(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
     from pipeline.errors import ConfigError
-    from pipeline.ingest import parse_csv_map
+    from pipeline.stages.ingest import parse_csv_map
 
     try:
         return parse_csv_map(value) if value is not None else None
@@ -99,7 +99,7 @@ def validate_command(ctx, inputs, fmt, csv_map, csv_messages_column, encoding, r
     from pydantic import ValidationError
 
     from pipeline.errors import InputError
-    from pipeline.validate import validate_inputs
+    from pipeline.commands.validate import validate_inputs
     from schemas.sources import SourceConfig
 
     options = {"format": fmt, "encoding": encoding, "csv_map": csv_map, "csv_messages_column": csv_messages_column}
@@ -251,7 +251,7 @@ Examples:
 def check_command(ctx, directory, config_path, as_json, report_path) -> None:
     import json as json_
 
-    from pipeline.check import run_checks
+    from pipeline.commands.check import run_checks
     from pipeline.errors import ConfigError, InputError
     from schemas.check_config import load_check_config
 
@@ -264,7 +264,7 @@ def check_command(ctx, directory, config_path, as_json, report_path) -> None:
     except InputError as e:
         raise _Unreadable(str(e)) from None
     if report_path is not None:
-        from pipeline.report import write_report
+        from pipeline.commands.report import write_report
 
         write_report(report, report_path)
     click.echo(json_.dumps(report.to_json(), ensure_ascii=False) if as_json else report.to_markdown())
@@ -296,7 +296,7 @@ def show_command(directory, index, row_id, split, ids, color) -> None:
     import sys
 
     from pipeline.errors import InputError, PipelineError
-    from pipeline.show import show
+    from pipeline.commands.show import show
 
     if index is not None and row_id is not None:
         raise click.UsageError("give --index or --id, not both")
@@ -431,17 +431,3 @@ def train_command(config: str | None, **flags) -> None:
         result = train(cfg)
     if result is not None:
         click.echo(result.summary())
-
-
-# --- build-demo-tokenizer ----------------------------------------------------------------------------------------
-@main.command("build-demo-tokenizer")
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default="data/corpus.txt",
-              show_default=True, help="Training text for the byte-level BPE.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/tokenizer", show_default=True,
-              help="Folder to write tokenizer.json and tokenizer_config.json to.")
-def build_demo_tokenizer_command(corpus: Path, out: Path) -> None:
-    """Train the demo tokenizer (byte-level BPE, GLM-4 special tokens and chat template). Deterministic."""
-    from pipeline.demo_tokenizer import build_demo_tokenizer
-
-    build_demo_tokenizer(corpus, out)
-    click.echo(f"wrote {out}/tokenizer.json and {out}/tokenizer_config.json")

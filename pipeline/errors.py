@@ -1,6 +1,8 @@
 """Typed errors. A `RowError` rejects one row and goes to rejects.jsonl; the others stop the run.
 
-Library code raises these and never imports click: the CLI maps them to exit codes.
+Library code raises these and never imports click: the CLI maps them to exit codes. `PipelineError` and
+`ConfigError` are defined in `schemas.errors` (config loading raises them, and `schemas` imports nothing from here)
+and re-exported, so every caller imports errors from this module.
 """
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
+from schemas.errors import ConfigError, PipelineError
 
-class PipelineError(Exception):
-    """The run cannot go on (unreadable file, unusable tokenizer, ...). The CLI exits 2 or 1 with the message."""
+__all__ = ["ConfigError", "InputError", "OutputError", "PipelineError", "RowError"]
 
 
 class InputError(PipelineError):
@@ -20,14 +22,6 @@ class InputError(PipelineError):
 class OutputError(PipelineError):
     """An output path cannot be used: it holds files this tool did not write, overlaps an input, or cannot be
     created. Nothing has been removed or overwritten when this is raised."""
-
-
-class ConfigError(PipelineError):
-    """A config file or option combination is invalid; `problems` lists every problem found, not just the first."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass

@@ -24,15 +24,11 @@ from typing import Any
 import numpy as np
 
 from pipeline import __version__
+from pipeline.encoders.choose import make_encoder
 from pipeline.errors import InputError, PipelineError, RowError
-from pipeline.ingest import RawRecord, detect_format, find_inputs, read_records, to_conversation
-from pipeline.mask import message_regions, token_labels, trained_messages
 from pipeline.outputs import OwnedDir, claim, write_atomic
-from pipeline.presets import glm4_rows, trl_completion_labels
 from pipeline.progress import progress
-from pipeline.render import Rendered, Renderer, holds_reserved_characters, renderer_args
-from pipeline.render_limits import RenderLimits, render_timer
-from pipeline.shards import (
+from pipeline.shards.writer import (
     MANIFEST,
     MANIFEST_VERSION,
     Sample,
@@ -45,18 +41,22 @@ from pipeline.shards import (
     write_dataset_dict,
     write_manifest,
 )
+from pipeline.stages.ingest import RawRecord, detect_format, find_inputs, read_records, to_conversation
+from pipeline.stages.mask import message_regions, token_labels, trained_messages
+from pipeline.stages.presets import glm4_rows, trl_completion_labels
+from pipeline.stages.render import Rendered, Renderer, holds_reserved_characters, renderer_args
+from pipeline.stages.render_limits import RenderLimits, render_timer
+from pipeline.stages.text_fields import field_path, template_strings
+from pipeline.stages.truncate import apply_limit, drop_oldest_turn
 from pipeline.stats import Stats
-from pipeline.text_fields import field_path, template_strings
-from pipeline.tokenize import (
+from pipeline.tokenizer import (
     added_token_searches,
     chat_template_of,
     load_tokenizer,
-    make_encoder,
     save_tokenizer,
     special_token_ids,
     tokenizer_summary,
 )
-from pipeline.truncate import apply_limit, drop_oldest_turn
 from pipeline.workers import start_worker
 from schemas.config import PreprocessConfig
 from schemas.records import Conversation

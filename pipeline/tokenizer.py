@@ -1,31 +1,18 @@
-"""Load the fast tokenizer and its chat template, and encode rendered texts in large batches with offsets.
-
-The Rust tokenizer does the work on all cores; everything here is kept off that hot path.
+"""Load the fast tokenizer and its chat template, and describe it: special ids, added-token classes, the summary and
+fingerprint the manifest records, and the copy saved beside the shards. Encoding lives in `pipeline.encoders`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from typing import Any
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.token_spans import NotExpressible, OffsetSpans, TokenSpans
 from pipeline.errors import PipelineError
-from pipeline.piece_widths import PieceWidths
 from pipeline.templates import load_template
 from schemas.config import RenderConfig
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One tokenized text: its ids, and where its characters land among them."""
-
-    input_ids: np.ndarray
-    spans: TokenSpans
 
 
 def load_tokenizer(config: RenderConfig):
@@ -111,87 +98,6 @@ def added_token_searches(tokenizer, template: str) -> tuple[TokenSearch | None, 
     that has no token."""
     control, other = added_token_classes(tokenizer, template)
     return (TokenSearch(control) if control else None), (TokenSearch(other) if other else None)
-
-
-def encode_batch(tokenizer, texts: list[str]) -> list[Encoded]:
-    """Tokenize rendered texts in one batched Rust call; the template already wrote every special token."""
-    if not texts:
-        return []
-    # What `tokenizer(texts, add_special_tokens=False)` runs, without building Python offset lists: spans are mapped
-    # with the encodings' own char_to_token, a few calls per message instead of a tuple per token.
-    backend = tokenizer.backend_tokenizer
-    if len(texts) == 1:  # no thread pool for one text: a process that has not started one can fork safely
-        encodings = [backend.encode(texts[0], add_special_tokens=False)]
-    else:
-        encodings = backend.encode_batch(texts, add_special_tokens=False)
-    return [Encoded(np.array(e.ids, dtype=np.int64), OffsetSpans(e, len(text))) for e, text in zip(encodings, texts)]
-
-
-class HFEncoder:
-    """The HF fast tokenizer's batch call: the reference every other encoder is proven against. With proven
-    `PieceWidths` (byte-level or SentencePiece-style BPE) it encodes without tracking offsets, and maps spans from
-    token widths."""
-
-    name = "hf"
-
-    def __init__(self, tokenizer, widths: PieceWidths | None = None):
-        self.tokenizer = tokenizer
-        self.widths = widths
-
-    def __call__(self, texts: list[str]) -> list[Encoded]:
-        if self.widths is None or len(texts) < 2:
-            return encode_batch(self.tokenizer, texts)
-        covered = [self.widths.covers(t) for t in texts]
-        fast = iter(self.tokenizer.backend_tokenizer.encode_batch_fast([t for t, ok in zip(texts, covered) if ok],
-                                                                       add_special_tokens=False))
-        tracked = iter(encode_batch(self.tokenizer, [t for t, ok in zip(texts, covered) if not ok]))
-        return [self._from_widths(next(fast), text) if ok else next(tracked) for text, ok in zip(texts, covered)]
-
-    def _from_widths(self, encoding, text: str) -> Encoded:
-        ids = np.array(encoding.ids, dtype=np.int64)
-        return Encoded(ids, self.widths.spans(ids, text))
-
-
-def make_encoder(tokenizer, choice: str, threads: int | None = None) -> tuple[Any, str]:
-    """The encoder for `choice` (auto | hf | tiktoken) and why it was chosen. `auto` takes tiktoken when the
-    tokenizer is byte-level BPE that tiktoken reproduces exactly on the probe set, else the HF tokenizer, which
-    skips offset tracking when the tokenizer's token widths are proven on the probe set."""
-    from pipeline import piece_widths, tiktoken_encoder
-
-    spec = encoder_spec(tokenizer)
-    hf = HFEncoder(tokenizer)
-    if choice != "hf":
-        try:
-            return tiktoken_encoder.build(spec, hf, threads), "byte-level BPE, identical to the HF tokenizer on every probe"
-        except NotExpressible as why:
-            if choice == "tiktoken":
-                raise PipelineError(f"--encoder tiktoken: this tokenizer cannot be encoded exactly by tiktoken: {why}") from None
-            reason = f"tiktoken not used: {why}"
-    else:
-        reason = "requested"
-    try:
-        widths = piece_widths.build(spec, hf)
-    except NotExpressible as why:
-        return hf, f"{reason}; offsets tracked by the tokenizer ({why})"
-    return HFEncoder(tokenizer, widths), f"{reason}; spans from token widths, identical to its offsets on every probe"
-
-
-def encoder_spec(tokenizer) -> dict:
-    """The parts of the loaded tokenizer.json that the encoder builders read, in its shape: the model's type, flags and
-    vocabulary, the normaliser, pre-tokenizer and added tokens. Taken from the backend part by part: parsing the
-    whole JSON (half of it merges) takes a third of a second for a 150k vocabulary."""
-    backend = tokenizer.backend_tokenizer
-    model: dict[str, Any] = {"type": type(backend.model).__name__}
-    if model["type"] == "BPE":
-        model.update(byte_fallback=backend.model.byte_fallback, vocab=backend.get_vocab(with_added_tokens=False),
-                     continuing_subword_prefix=backend.model.continuing_subword_prefix,
-                     end_of_word_suffix=backend.model.end_of_word_suffix)
-    added = [{"id": i, "content": t.content, "single_word": t.single_word, "lstrip": t.lstrip, "rstrip": t.rstrip,
-              "normalized": t.normalized, "special": t.special}
-             for i, t in sorted(backend.get_added_tokens_decoder().items())]
-    part = lambda component: None if component is None else json.loads(component.__getstate__())  # noqa: E731
-    return {"model": model, "normalizer": part(backend.normalizer), "pre_tokenizer": part(backend.pre_tokenizer),
-            "added_tokens": added}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.errors import ConfigError
+from schemas.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
 

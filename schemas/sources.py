@@ -5,7 +5,7 @@ tools, so they differ from our config models in one way: unknown keys are ignore
 files carry extras (`metainfo`, `images: []`, `chosen`). They are strict (no `1` -> `"1"` or `"yes"` -> `True`
 coercion), frozen, and are the type layer of the adapters: a `ValidationError` from them becomes a `wrong_type` or
 `missing_field` row error whose field is pydantic's `loc` (`messages.3.content`). Meaning (roles, tool calls, loss
-flags) is decided in `pipeline/adapt.py`, which also refuses media keys (`images`, `image`, `videos`, `audios`) on any
+flags) is decided in `pipeline/stages/adapt.py`, which also refuses media keys (`images`, `image`, `videos`, `audios`) on any
 record: the pipeline is text-only. `SourceConfig` is a config model: `extra='forbid'`, frozen.
 
 GLM-4 and OpenAI records share one message model: real files mix the two conventions (OpenAI `tool_calls` next to

@@ -111,7 +111,7 @@ class _Job:
         loading = time.perf_counter()
         from transformers import AutoTokenizer
 
-        from pipeline.tokenize import make_encoder
+        from pipeline.encoders.choose import make_encoder
 
         texts = json.loads(Path(texts_file).read_text())
         tok = AutoTokenizer.from_pretrained(tokenizer)
@@ -156,7 +156,7 @@ def _render_texts(rows: list[dict], tokenizer_dir: str) -> tuple[list[str], list
     """The rendered texts, and the encoders the pipeline can use with this tokenizer (tiktoken: byte-level BPE)."""
     from transformers import AutoTokenizer
 
-    from pipeline.tokenize import make_encoder
+    from pipeline.encoders.choose import make_encoder
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     encoders = ["hf"] + (["tiktoken"] if make_encoder(tok, "auto")[0].name == "tiktoken" else [])

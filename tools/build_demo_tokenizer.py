@@ -9,6 +9,8 @@ emoji included. The chat format is GLM-4's (the built-in `glm4` template), so it
 
 They take the ids right after the learned vocabulary, as in GLM-4. Encoding adds no special tokens: the template
 writes `[gMASK]<sop>` itself. The build is deterministic: the same corpus always gives byte-identical files.
+
+Run it from the repository root with `make demo-tokenizer` (or `python -m tools.build_demo_tokenizer`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import click
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from pipeline.templates import load_template
@@ -103,3 +106,18 @@ def _write_json(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+@click.command()
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False, path_type=Path), default="data/corpus.txt",
+              show_default=True, help="Training text for the byte-level BPE.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/tokenizer", show_default=True,
+              help="Folder to write tokenizer.json and tokenizer_config.json to.")
+def main(corpus: Path, out: Path) -> None:
+    """Train the demo tokenizer (byte-level BPE, GLM-4 special tokens and chat template). Deterministic."""
+    build_demo_tokenizer(corpus, out)
+    click.echo(f"wrote {out}/tokenizer.json and {out}/tokenizer_config.json")
+
+
+if __name__ == "__main__":
+    main()

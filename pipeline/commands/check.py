@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.mask import IGNORE_INDEX
-from pipeline.shards import MANIFEST, read_manifest, sha256_file
-from pipeline.tokenize import special_token_ids
+from pipeline.shards.writer import MANIFEST, read_manifest, sha256_file
+from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.tokenizer import special_token_ids
 from schemas.check_config import CheckConfig
 from schemas.config import TruncationConfig
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.check import CheckReport, RowSample, format_value
-from pipeline.mask import IGNORE_INDEX
+from pipeline.commands.check import CheckReport, RowSample, format_value
+from pipeline.commands.show import token_pieces
 from pipeline.outputs import write_atomic
-from pipeline.show import token_pieces
-from pipeline.tokenize import special_token_ids
+from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.tokenizer import special_token_ids
 
 REJECT_EXAMPLES = 10
 _CSS = """

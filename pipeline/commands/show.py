@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.check import Output, RowSample, iter_batches, open_output
+from pipeline.commands.check import Output, RowSample, iter_batches, open_output
 from pipeline.errors import PipelineError
-from pipeline.mask import IGNORE_INDEX
+from pipeline.stages.mask import IGNORE_INDEX
 
 OPEN, CLOSE = "[[", "]]"
 

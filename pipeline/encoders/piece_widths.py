@@ -18,7 +18,7 @@ import unicodedata
 
 import numpy as np
 
-from pipeline.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
+from pipeline.encoders.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
 
 SPACE_PIECE = "\u2581"
 _BYTE_PIECES = {f"<0x{b:02X}>" for b in range(256)}

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.piece_widths import byte_level_bytes
-from pipeline.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
+from pipeline.encoders.base import Encoded
+from pipeline.encoders.piece_widths import byte_level_bytes
+from pipeline.encoders.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -54,8 +55,6 @@ class TiktokenEncoder:
         return [next(fast) if ok else next(fallback) for ok in direct]
 
     def _encode_slice(self, texts: list[str]) -> list:
-        from pipeline.tokenize import Encoded
-
         out = []
         for text in texts:
             ids = self.encoding.encode_to_numpy(text, allowed_special="all").astype(np.int64)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.mask import IGNORE_INDEX
 from pipeline.outputs import write_atomic
+from pipeline.stages.mask import IGNORE_INDEX
 
 _FEATURES = {
     "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},

@@ -1,10 +1,10 @@
 """Format detection and one adapter per input format: a raw record (parsed JSON, or a CSV row of strings) ->
 `schemas.records.Conversation`, or the `RowError` that says why not. JSON text inside a record (a CSV messages cell,
-tools or tool-call arguments given as a string) is read by the same rules as the record (`pipeline.json_text`).
+tools or tool-call arguments given as a string) is read by the same rules as the record (`pipeline.stages.json_text`).
 
 Each adapter validates the record with its model from `schemas.sources` (types; errors carry pydantic's `loc` as the
 field) and then maps meaning: role spellings, tool definitions, tool calls, content parts, loss flags. The rules of
-`pipeline.validate` run last. Nothing here reads files.
+`pipeline.stages.validate` run last. Nothing here reads files.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from pipeline import json_text
 from pipeline.errors import RowError
-from pipeline.validate import check_conversation
+from pipeline.stages import json_text
+from pipeline.stages.validate import check_conversation
 from schemas.records import Conversation, Message, ToolCall
 from schemas.sources import (
     AlpacaRecord,

@@ -8,7 +8,7 @@ Rows, counted the same way everywhere (`row` is 1-based):
 Memory stays flat: JSONL and CSV are read line by line from a binary stream (each line decoded alone, so a decoding
 failure names its byte offset), and a JSON array is parsed element by element with `json.JSONDecoder.raw_decode` over
 a sliding buffer. `.gz` files are decompressed on the fly (byte offsets are then offsets into the decompressed data).
-Every record's JSON is read with `pipeline.json_text`'s rules (exact numbers, bounded nesting), whatever its container.
+Every record's JSON is read with `pipeline.stages.json_text`'s rules (exact numbers, bounded nesting), whatever its container.
 A bad line or element is a `RowError`; a file that cannot be read at all raises `InputError`.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline import adapt, json_text
 from pipeline.errors import ConfigError, InputError, RowError
 from pipeline.outputs import is_tool_output
+from pipeline.stages import adapt, json_text
 from schemas.records import Conversation
 from schemas.sources import SourceConfig
 
@@ -532,7 +532,7 @@ def read_records(paths: Sequence[Path], source: SourceConfig) -> Iterator[tuple[
 
 def read_conversations(paths: Sequence[Path], source: SourceConfig) -> Iterator[Conversation | RowError]:
     """One item per input record, files in the given order and records in file order: a validated `Conversation`,
-    or the `RowError` that rejects the record (bad line, adapter error, or a rule of `pipeline.validate`).
+    or the `RowError` that rejects the record (bad line, adapter error, or a rule of `pipeline.stages.validate`).
 
     Callers count `read` as the number of items, so `read == accepted + rejected` holds by construction.
     `InputError` when a file cannot be read (the items before it have been yielded).

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.render import Rendered
-from pipeline.token_spans import TokenSpans
+from pipeline.encoders.token_spans import TokenSpans
+from pipeline.stages.render import Rendered
 from schemas.config import MaskConfig
 from schemas.records import Conversation
 

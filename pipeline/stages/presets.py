@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.mask import IGNORE_INDEX
-from pipeline.render import Renderer
+from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.stages.render import Renderer
 from schemas.records import Conversation
 
 GLM4_PREFIX = ("[gMASK]", "<sop>")

@@ -2,7 +2,7 @@
 
 Each trainable piece (content, reasoning, tool-call name) is wrapped in private-use sentinels, the conversation is
 rendered, the sentinels are stripped and their character spans recorded. When the template only copies message
-text into its output (`pipeline.template_flow` proves it from the template's syntax tree), the stripped text is the
+text into its output (`pipeline.templates.flow` proves it from the template's syntax tree), the stripped text is the
 rendering, and that is the text that gets tokenized. Otherwise the conversation is also rendered without sentinels,
 and when the template transforms content (Llama 3's `| trim`, Qwen3 dropping earlier reasoning) the two renderings
 differ, and the spans are carried over by aligning them.
@@ -25,8 +25,8 @@ from jinja2 import nodes
 from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields, _compile_jinja_template
 
 from pipeline.errors import ConfigError, RowError
-from pipeline.render_limits import RenderLimitExceeded, RenderLimits, bound_operators
-from pipeline.template_flow import copies_text_verbatim
+from pipeline.stages.render_limits import RenderLimitExceeded, RenderLimits, bound_operators
+from pipeline.templates.flow import copies_text_verbatim
 from schemas.config import RenderConfig
 from schemas.records import Conversation, Message
 

@@ -1,23 +1,13 @@
-"""Validation rules over adapted conversations, and `validate_inputs`: read everything, count, write rejects, report.
+"""Validation rules over adapted conversations (the `validate` command that runs them over files is in
+`pipeline.commands.validate`).
 
 A rule either rejects (a reason code, like the adapters' codes) or accepts with a note (counted, never dropped).
 Rules look at the canonical messages, so a `messages.N` field in a rule error indexes the adapted conversation.
 """
 from __future__ import annotations
 
-import json
-import os
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
-from pipeline.errors import RowError
-from pipeline.json_text import MAX_DEPTH
-from pipeline.progress import progress
+from pipeline.stages.json_text import MAX_DEPTH
 from schemas.records import Conversation
-from schemas.sources import SourceConfig
 
 REASONS = {
     # ingest: the line is not a record
@@ -79,83 +69,3 @@ def notes_for(conv: Conversation) -> list[str]:
     if any(m.role == "system" for m in msgs[1:]):
         notes.append("system_not_first")
     return notes
-
-
-@dataclass
-class ValidationReport:
-    """Counts of one `validate_inputs` run; `read == accepted + rejected` always."""
-
-    files: dict[str, str] = field(default_factory=dict)
-    read: int = 0
-    accepted: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    notes: Counter[str] = field(default_factory=Counter)
-    examples: list[RowError] = field(default_factory=list)
-
-    @property
-    def rejected(self) -> int:
-        return sum(self.reasons.values())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "read": self.read,
-            "accepted": self.accepted,
-            "rejected": self.rejected,
-            "reasons": dict(sorted(self.reasons.items())),
-            "notes": dict(sorted(self.notes.items())),
-            "files": self.files,
-            "errors": [{k: v for k, v in e.to_json().items() if k != "raw"} for e in self.examples],
-        }
-
-    def to_text(self) -> str:
-        width = max((len(p) for p in self.files), default=0)
-        lines = ["files:"] + [f"  {p:<{width}}  {fmt}" for p, fmt in self.files.items()]
-        lines.append(f"read {self.read}, accepted {self.accepted}, rejected {self.rejected}")
-        for title, counts in (("rejected by reason:", self.reasons), ("accepted with notes:", self.notes)):
-            if counts:
-                lines.append(title)
-                lines += [f"  {code:<24} {n}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-        if self.examples:
-            lines.append(f"first {len(self.examples)} error(s):")
-            for e in self.examples:
-                at = f" (line {e.extra['line']})" if e.extra.get("line") else ""
-                lines.append(f"  {e}{at}  [{e.reason}]")
-        return "\n".join(lines)
-
-
-def validate_inputs(
-    inputs: Sequence[str], source: SourceConfig, *, rejects: Path | None = None, max_examples: int = 10,
-    show_progress: bool | None = None,
-) -> ValidationReport:
-    """Read every input with `source`, count accepted and rejected rows per reason, keep the first errors, and
-    write every rejected row to `rejects` as JSONL (written to a temp file, renamed when the run completes).
-
-    `InputError` when an input is missing or unreadable; nothing is left at `rejects` then.
-    """
-    from pipeline.ingest import detect_format, read_conversations, resolve_inputs  # ingest -> adapt -> this module
-
-    paths = resolve_inputs(inputs)
-    report = ValidationReport(files={str(p): detect_format(p, source) for p in paths})
-    tmp = rejects.with_name(f".{rejects.name}.tmp-{os.getpid()}") if rejects is not None else None
-    out = open(tmp, "w", encoding="utf-8") if tmp is not None else None
-    try:
-        for item in progress(read_conversations(paths, source), desc="validate", enabled=show_progress):
-            report.read += 1
-            if isinstance(item, RowError):
-                report.reasons[item.reason] += 1
-                if len(report.examples) < max_examples:
-                    report.examples.append(item)
-                if out is not None:
-                    out.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
-            else:
-                report.accepted += 1
-                report.notes.update(notes_for(item))
-        if out is not None:
-            out.close()
-            os.replace(tmp, rejects)
-    finally:
-        if out is not None and not out.closed:
-            out.close()
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
-    return report

@@ -1,0 +1,97 @@
+"""The `validate` command: read every input, count accepted and rejected rows per reason, write rejects, report.
+
+The rules themselves are in `pipeline.stages.validate`; this module reads files and reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import RowError
+from pipeline.progress import progress
+from pipeline.stages.ingest import detect_format, read_conversations, resolve_inputs
+from pipeline.stages.validate import notes_for
+from schemas.sources import SourceConfig
+
+
+@dataclass
+class ValidationReport:
+    """Counts of one `validate_inputs` run; `read == accepted + rejected` always."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    read: int = 0
+    accepted: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)
+    examples: list[RowError] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.reasons.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "reasons": dict(sorted(self.reasons.items())),
+            "notes": dict(sorted(self.notes.items())),
+            "files": self.files,
+            "errors": [{k: v for k, v in e.to_json().items() if k != "raw"} for e in self.examples],
+        }
+
+    def to_text(self) -> str:
+        width = max((len(p) for p in self.files), default=0)
+        lines = ["files:"] + [f"  {p:<{width}}  {fmt}" for p, fmt in self.files.items()]
+        lines.append(f"read {self.read}, accepted {self.accepted}, rejected {self.rejected}")
+        for title, counts in (("rejected by reason:", self.reasons), ("accepted with notes:", self.notes)):
+            if counts:
+                lines.append(title)
+                lines += [f"  {code:<24} {n}" for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        if self.examples:
+            lines.append(f"first {len(self.examples)} error(s):")
+            for e in self.examples:
+                at = f" (line {e.extra['line']})" if e.extra.get("line") else ""
+                lines.append(f"  {e}{at}  [{e.reason}]")
+        return "\n".join(lines)
+
+
+def validate_inputs(
+    inputs: Sequence[str], source: SourceConfig, *, rejects: Path | None = None, max_examples: int = 10,
+    show_progress: bool | None = None,
+) -> ValidationReport:
+    """Read every input with `source`, count accepted and rejected rows per reason, keep the first errors, and
+    write every rejected row to `rejects` as JSONL (written to a temp file, renamed when the run completes).
+
+    `InputError` when an input is missing or unreadable; nothing is left at `rejects` then.
+    """
+    paths = resolve_inputs(inputs)
+    report = ValidationReport(files={str(p): detect_format(p, source) for p in paths})
+    tmp = rejects.with_name(f".{rejects.name}.tmp-{os.getpid()}") if rejects is not None else None
+    out = open(tmp, "w", encoding="utf-8") if tmp is not None else None
+    try:
+        for item in progress(read_conversations(paths, source), desc="validate", enabled=show_progress):
+            report.read += 1
+            if isinstance(item, RowError):
+                report.reasons[item.reason] += 1
+                if len(report.examples) < max_examples:
+                    report.examples.append(item)
+                if out is not None:
+                    out.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+            else:
+                report.accepted += 1
+                report.notes.update(notes_for(item))
+        if out is not None:
+            out.close()
+            os.replace(tmp, rejects)
+    finally:
+        if out is not None and not out.closed:
+            out.close()
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+    return report
