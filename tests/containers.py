@@ -1,5 +1,5 @@
 """The same records written as JSON Lines, a JSON array or a CSV messages column, for tests that check every container
-reads a row alike; and rows at and past the limits of what a row's JSON may hold (see `pipeline.json_text`).
+reads a row alike; and rows at and past the limits of what a row's JSON may hold (see `pipeline.stages.json_text`).
 
 Records are JSON text, not dicts: some cannot be made by `json.dumps` (a 4,301-digit integer, 1,100 levels).
 """

@@ -8,17 +8,17 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from pipeline import piece_widths
-from pipeline.token_spans import NotExpressible
+from pipeline.encoders import piece_widths
+from pipeline.encoders.token_spans import NotExpressible
 from pipeline.errors import InputError
-from pipeline.ingest import detect_format, read_conversations, resolve_inputs
 from pipeline.run import preprocess
+from pipeline.stages.ingest import detect_format, read_conversations, resolve_inputs
 from pipeline.templates import load_template
 from schemas.config import load_config
 from schemas.sources import SourceConfig
 from tests.chats import hf_messages, hf_tools
 from tests.conftest import REAL_TOKENIZERS, real_tokenizer, shared_path
-from tests.test_render import _reference_options
+from tests.stages.test_render import _reference_options
 
 pytestmark = pytest.mark.slow
 BYTE_LEVEL = {"glm4", "qwen2.5", "qwen3", "llama3", "llama3.2", "gpt2"}

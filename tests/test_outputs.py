@@ -126,7 +126,7 @@ def test_an_output_inside_an_input_folder_is_not_read_back(tmp_path):
     manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert [i["path"] for i in manifest["inputs"]] == [str(data / "chats.jsonl")]
     assert manifest["accounting"]["read"] == 5
-    from pipeline.ingest import resolve_inputs
+    from pipeline.stages.ingest import resolve_inputs
 
     assert resolve_inputs([f"{data}/**/*.json*", f"{data}/*"]) == [data / "chats.jsonl"]
     named = preprocess(str(data / "shards"), "--out", str(tmp_path / "third"))

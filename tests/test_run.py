@@ -13,7 +13,7 @@ import pipeline.run as run_module
 from pipeline.errors import PipelineError
 from pipeline.outputs import claim
 from pipeline.run import preprocess
-from pipeline.shards import sha256_file
+from pipeline.shards.writer import sha256_file
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, demo_tokenizer, real_tokenizer, shared_path
 

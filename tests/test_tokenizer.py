@@ -8,21 +8,15 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from pipeline.encoders.hf import encode_batch, encoder_spec
 from pipeline.errors import PipelineError
-from pipeline.mask import IGNORE_INDEX
+from pipeline.stages.mask import IGNORE_INDEX
 from pipeline.templates import load_template
-from pipeline.tokenize import (
-    added_token_classes,
-    chat_template_of,
-    encode_batch,
-    encoder_spec,
-    load_tokenizer,
-    special_token_ids,
-)
+from pipeline.tokenizer import added_token_classes, chat_template_of, load_tokenizer, special_token_ids
 from schemas.config import RenderConfig
 from tests.chats import WITH_SYSTEM, hf_messages
 from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
-from tests.test_mask import labels_for, trained_text
+from tests.stages.test_mask import labels_for, trained_text
 
 CORPUS = [
     "You are a concise assistant.", "Name a prime number.", "Seven.", "用中文说一个质数。",

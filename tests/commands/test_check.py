@@ -10,13 +10,13 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from pipeline.check import content_hash, iter_batches, round_trips, run_checks
 from pipeline.cli import main
+from pipeline.commands.check import content_hash, iter_batches, round_trips, run_checks
 from pipeline.errors import ConfigError, InputError
-from pipeline.mask import IGNORE_INDEX
 from pipeline.run import preprocess
-from pipeline.shards import Sample, write_shard
-from pipeline.tokenize import special_token_ids
+from pipeline.shards.writer import Sample, write_shard
+from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.tokenizer import special_token_ids
 from schemas.check_config import CheckConfig, load_check_config
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, demo_tokenizer

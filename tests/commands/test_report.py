@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from pipeline.check import run_checks
-from pipeline.report import histogram_svg, render_report, write_report
+from pipeline.commands.check import run_checks
+from pipeline.commands.report import histogram_svg, render_report, write_report
 from pipeline.run import preprocess
 from schemas.check_config import CheckConfig
 from schemas.config import load_config

@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.mask import IGNORE_INDEX
-from pipeline.show import runs, token_pieces
+from pipeline.commands.show import runs, token_pieces
+from pipeline.stages.mask import IGNORE_INDEX
+from tests.commands.test_check import build_output
 from tests.conftest import demo_tokenizer
-from tests.test_check import build_output
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -8,11 +8,12 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from pipeline import piece_widths
-from pipeline.token_spans import PROBES, NotExpressible, same_spans
-from pipeline.tokenize import HFEncoder, encoder_spec, make_encoder
+from pipeline.encoders import piece_widths
+from pipeline.encoders.choose import make_encoder
+from pipeline.encoders.hf import HFEncoder, encoder_spec
+from pipeline.encoders.token_spans import PROBES, NotExpressible, same_spans
 from tests.conftest import demo_tokenizer, demo_tokenizer_json, real_tokenizer, tokenizer_from_json
-from tests.test_tokenize import CORPUS
+from tests.test_tokenizer import CORPUS
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 PREPEND_AND_REPLACE = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},

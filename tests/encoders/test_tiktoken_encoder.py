@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.encoders.choose import make_encoder
+from pipeline.encoders.hf import HFEncoder, encoder_spec
+from pipeline.encoders.tiktoken_encoder import build
+from pipeline.encoders.token_spans import PROBES, NotExpressible, same_spans
 from pipeline.errors import PipelineError
-from pipeline.token_spans import PROBES, NotExpressible, same_spans
-from pipeline.tiktoken_encoder import build
-from pipeline.tokenize import HFEncoder, encoder_spec, make_encoder
 from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, demo_tokenizer_json, real_tokenizer, tokenizer_from_json
-from tests.test_tokenize import sentencepiece_style
+from tests.test_tokenizer import sentencepiece_style
 
 TEXTS = PROBES + ["<|user|>\n你好 world  \n\t🙂<|assistant|>\n好的～🙂 e\u0301", ""]
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.adapt import detect_record_format, record_id, to_conversation
 from pipeline.errors import RowError
-from pipeline.ingest import RawRecord, read_conversations
+from pipeline.stages.adapt import detect_record_format, record_id, to_conversation
+from pipeline.stages.ingest import RawRecord, read_conversations
 from schemas.records import Conversation, Message, ToolCall
 from schemas.sources import SourceConfig
 
-DATA = Path(__file__).parent / "data" / "ingest"
+DATA = Path(__file__).parents[1] / "data" / "ingest"
 SRC = SourceConfig()
 
 
@@ -305,7 +305,7 @@ def test_detect_record_format(record, fmt):
 def test_plain_turns_adapt_as_turns_that_spell_out_their_defaults(fmt):
     """A turn giving only `role` and a string `content` takes a short path; spelling out a default field (`name:
     null`) sends the same turn through every adapter step, and the result must not differ."""
-    from pipeline.adapt import ROLES
+    from pipeline.stages.adapt import ROLES
 
     turns = [{"role": "user", "content": ""}] + [{"role": role, "content": f"text of {role} ✓"} for role in ROLES] + \
         [{"role": "assistant", "content": "a"}]

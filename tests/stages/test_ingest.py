@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError, InputError, RowError
-from pipeline.ingest import (
+from pipeline.stages.ingest import (
     _CHUNK,
     RawRecord,
     detect_format,
@@ -26,7 +26,7 @@ from schemas.records import Conversation
 from schemas.sources import SourceConfig
 from tests.containers import BIG, CONTAINERS, LIMIT_ROWS, SOURCE, as_json_string, row_numbers, tool_call, write_records
 
-DATA = Path(__file__).parent / "data" / "ingest"
+DATA = Path(__file__).parents[1] / "data" / "ingest"
 SRC = SourceConfig()
 CHAT = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
 
@@ -173,7 +173,7 @@ def test_jsonl_keeps_what_the_json_module_reads(tmp_path):
 def _read_in(tmp_path, monkeypatch, rows: list[str], kind: str) -> tuple[Path, list]:
     """`rows` read back from `kind`: a container, or `json in 7-character reads` (every value straddles reads)."""
     if kind == "json in 7-character reads":
-        import pipeline.ingest as ingest
+        import pipeline.stages.ingest as ingest
 
         monkeypatch.setattr(ingest, "_CHUNK", 7)
         kind = "json"
@@ -298,7 +298,7 @@ def test_malformed_json_files_are_input_errors_with_lines(tmp_path, text, match)
 
 
 def test_json_array_element_split_across_reads(tmp_path, monkeypatch):
-    import pipeline.ingest as ingest
+    import pipeline.stages.ingest as ingest
 
     monkeypatch.setattr(ingest, "_CHUNK", 7)  # every element, number and string straddles a read boundary
     items = [{"n": 12345678901234567890, "s": "é" * 30, "f": -1.5e-3}, [True, False, None], 1234567]

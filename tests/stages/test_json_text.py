@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.json_text import MAX_DEPTH, JsonProblem, loads, value_end
+from pipeline.stages.json_text import MAX_DEPTH, JsonProblem, loads, value_end
 from tests.containers import nested
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.mask import IGNORE_INDEX, message_regions, token_labels, trained_messages
-from pipeline.render import Renderer, renderer_args
-from pipeline.tokenize import encode_batch, special_token_ids
+from pipeline.encoders.hf import encode_batch
+from pipeline.stages.mask import IGNORE_INDEX, message_regions, token_labels, trained_messages
+from pipeline.stages.render import Renderer, renderer_args
+from pipeline.tokenizer import special_token_ids
 from schemas.config import MaskConfig
 from schemas.records import Message
 from tests.chats import ALL, PLAIN, WITH_SYSTEM, WITH_TOOLS, conversation, hf_messages

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.encoders.hf import encode_batch
 from pipeline.errors import RowError
-from pipeline.render import Renderer
-from pipeline.render import renderer_args
-from pipeline.tokenize import encode_batch
+from pipeline.stages.render import Renderer
+from pipeline.stages.render import renderer_args
+from schemas.records import Message
 from tests.chats import ALL, WITH_SYSTEM, WITH_TOOLS, conversation, hf_messages, hf_tools
 from tests.conftest import REAL_TOKENIZERS, real_tokenizer
-from schemas.records import Message
 
 TEMPLATED = [n for n in REAL_TOKENIZERS if n != "gpt2"]
 
@@ -135,7 +135,7 @@ def test_fast_dict_lookups_equal_the_sandbox():
 
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    from pipeline.render import _with_fixed_clock
+    from pipeline.stages.render import _with_fixed_clock
 
     template = (
         "{% for m in messages %}[{{ m.role }}|{{ m['role'] }}|{{ m.tools is defined }}|{{ m['tools'] is defined }}"

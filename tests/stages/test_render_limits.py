@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, RowError
-from pipeline.render import Renderer
-from pipeline.render_limits import RenderLimitExceeded, RenderLimits
 from pipeline.run import preprocess
+from pipeline.stages.render import Renderer
+from pipeline.stages.render_limits import RenderLimitExceeded, RenderLimits
 from pipeline.templates import load_template
 from schemas.config import RenderConfig, load_config
 from schemas.records import Message

@@ -1,7 +1,7 @@
 """Every string the chat template is given is found, with the path a reject names."""
 from __future__ import annotations
 
-from pipeline.text_fields import field_path, json_strings, template_strings
+from pipeline.stages.text_fields import field_path, json_strings, template_strings
 from schemas.records import Conversation, Message, ToolCall
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.render import OPEN, Renderer, _strip_sentinels, _with_fixed_clock
-from pipeline.template_flow import copies_text_verbatim
+from pipeline.stages.render import OPEN, Renderer, _strip_sentinels, _with_fixed_clock
 from pipeline.templates import load_template
+from pipeline.templates.flow import copies_text_verbatim
 from schemas.records import Conversation, Message, ToolCall
 from tests.conftest import REAL_TOKENIZERS, real_tokenizer
 

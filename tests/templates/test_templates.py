@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from conftest import demo_tokenizer, real_tokenizer
 from pipeline.templates import BUILTIN_TEMPLATES, TEMPLATE_DIR, load_template, template_fingerprint
+from tests.conftest import demo_tokenizer, real_tokenizer
 
 WEATHER = {
     "type": "function",

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import DEMO_TOKENIZER, REPO, demo_tokenizer
-from pipeline.cli import main
-from pipeline.demo_tokenizer import SPECIAL_TOKENS, VOCAB_SIZE, build_demo_tokenizer
 from pipeline.templates import load_template
+from tests.conftest import DEMO_TOKENIZER, REPO, demo_tokenizer
+from tools.build_demo_tokenizer import SPECIAL_TOKENS, VOCAB_SIZE, build_demo_tokenizer, main
 
 FILES = ("tokenizer.json", "tokenizer_config.json")
 CORPUS = REPO / "data" / "corpus.txt"
@@ -46,13 +45,13 @@ def rebuilt(tmp_path_factory) -> Path:
 def test_rebuilding_gives_the_committed_files_byte_for_byte(rebuilt):
     for name in FILES:
         assert (rebuilt / name).read_bytes() == (DEMO_TOKENIZER / name).read_bytes(), (
-            f"data/tokenizer/{name} is stale: run `python -m pipeline build-demo-tokenizer`"
+            f"data/tokenizer/{name} is stale: run `make demo-tokenizer`"
         )
 
 
 def test_the_cli_command_builds_the_same_files(tmp_path, rebuilt):
     result = CliRunner().invoke(
-        main, ["build-demo-tokenizer", "--corpus", str(CORPUS), "--out", str(tmp_path / "tok")]
+        main, ["--corpus", str(CORPUS), "--out", str(tmp_path / "tok")]
     )
     assert result.exit_code == 0, result.output
     for name in FILES:
@@ -60,7 +59,7 @@ def test_the_cli_command_builds_the_same_files(tmp_path, rebuilt):
 
 
 def test_the_cli_command_refuses_a_missing_corpus(tmp_path):
-    result = CliRunner().invoke(main, ["build-demo-tokenizer", "--corpus", str(tmp_path / "nope.txt")])
+    result = CliRunner().invoke(main, ["--corpus", str(tmp_path / "nope.txt")])
     assert result.exit_code == 2
     assert "--corpus" in result.output
 

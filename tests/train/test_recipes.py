@@ -10,13 +10,13 @@ from importlib.util import find_spec
 import datasets
 import pytest
 import torch
-from train_helpers import REPO, VOCAB, write_shards
 
 from pipeline.run import preprocess
 from pipeline.train.loop import train
 from schemas.config import load_config
 from schemas.train_config import load_train_config
 from tests.conftest import shared_path
+from tests.train.train_helpers import REPO, VOCAB, write_shards
 
 RECIPES = REPO / "data" / "recipes"
 needs_bnb = pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="the qlora extra (bitsandbytes) is absent")

@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pytest
-from train_helpers import write_shards
 
 from pipeline.errors import InputError
 from pipeline.train.data import IGNORE_INDEX, MicroBatches, collate, open_shards, plan_epoch
+from tests.train.train_helpers import write_shards
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from train_helpers import copy_run_until, write_shards
 
 from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import list_checkpoints, load_checkpoint
@@ -15,6 +14,7 @@ from pipeline.train.early_stop import EvalTracker
 from pipeline.train.loop import train
 from pipeline.train.loss import token_eval_sums, token_loss_sum
 from schemas.train_config import load_train_config
+from tests.train.train_helpers import copy_run_until, write_shards
 
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4}
 # Eval stops early on these: patience 2 at an eval every 2 steps, well before max_steps.

@@ -11,10 +11,10 @@ from importlib.util import find_spec
 
 import pytest
 import torch
-from train_helpers import VOCAB, copy_run_until, run_cli, write_shards
 
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
+from tests.train.train_helpers import VOCAB, copy_run_until, run_cli, write_shards
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

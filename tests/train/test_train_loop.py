@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import VOCAB, copy_run_until, run_cli, write_shards
 
 from pipeline.cli import main
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
+from tests.train.train_helpers import VOCAB, copy_run_until, run_cli, write_shards
 
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4}
 

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from train_helpers import tiny_model, write_shards
 
 from pipeline.train.data import collate, open_shards
 from pipeline.train.loop import micro_steps
 from pipeline.train.loss import TrainedTokenLoss, linear_cross_entropy, token_eval_sums, token_loss_sum
 from pipeline.train.lr import lr_at
+from tests.train.train_helpers import tiny_model, write_shards
 
 CPU = torch.device("cpu")
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import copy_run_until, tiny_model, write_shards
 
 from pipeline.cli import main
 from pipeline.train.data import collate, open_shards
 from pipeline.train.neftune import NEFTune
+from tests.train.train_helpers import copy_run_until, tiny_model, write_shards
 
 ALPHA = 5.0
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from train_helpers import write_shards
 
 from pipeline.cli import main
+from tests.train.train_helpers import write_shards
 
 TINY = ["--tiny-hidden", "32", "--tiny-heads", "2", "--batch-size", "4", "--device", "cpu"]
 

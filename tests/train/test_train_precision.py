@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from train_helpers import VOCAB, write_shards
 
 from pipeline.train.loop import train
 from pipeline.train.model import build_model, precision_for
 from schemas.train_config import load_train_config
+from tests.train.train_helpers import VOCAB, write_shards
 
 CPU = torch.device("cpu")
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 1e-2, "min_lr": 1e-3}

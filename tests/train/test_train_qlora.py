@@ -11,7 +11,6 @@ from importlib.util import find_spec
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import VOCAB, copy_run_until, write_shards
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError
@@ -19,6 +18,7 @@ from pipeline.train.loop import train
 from pipeline.train.model import build_model, precision_for
 from pipeline.train.optim import build_optimizer
 from schemas.train_config import load_train_config
+from tests.train.train_helpers import VOCAB, copy_run_until, write_shards
 
 needs_bnb = pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="the qlora extra (bitsandbytes) is absent")
 CPU = torch.device("cpu")

@@ -8,11 +8,11 @@ import re
 
 import pytest
 import torch
-from train_helpers import run_cli, write_shards
 
 from pipeline.train.loop import train
 from pipeline.train.reporter import Reporter
 from schemas.train_config import load_train_config
+from tests.train.train_helpers import run_cli, write_shards
 
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4}
 

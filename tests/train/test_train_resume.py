@@ -9,7 +9,6 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
-from train_helpers import copy_run_until, run_cli, write_shards
 
 from pipeline.cli import main
 from pipeline.errors import ConfigError, InputError
@@ -17,6 +16,7 @@ from pipeline.train.checkpoint import list_checkpoints, load_checkpoint
 from pipeline.train.loop import train
 from pipeline.train.lr import lr_at
 from schemas.train_config import load_train_config
+from tests.train.train_helpers import copy_run_until, run_cli, write_shards
 
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4}
 FAST_FLAGS = ["--tiny-hidden", "32", "--tiny-heads", "2", "--batch-size", "4", "--lr", "3e-3", "--min-lr", "3e-4"]
