@@ -19,6 +19,9 @@ from pipeline.train.metrics import MetricsLog
 
 TENSORBOARD_DIR = "tensorboard"
 _NOT_SCALARS = ("step",)
+# What a progress line shows of a record, in this order, where the record has it.
+_LINE_FIELDS = (("epoch", "epoch {:.2f}"), ("loss", "loss {:.4f}"), ("eval_loss", "eval loss {:.4f}"),
+                ("eval_accuracy", "eval accuracy {:.1%}"), ("lr", "lr {:.2e}"), ("tokens_per_s", "{:,.0f} tokens/s"))
 
 
 def check_report_to(report_to: str) -> None:
@@ -85,18 +88,7 @@ class Reporter:
     def _line(self, record: dict[str, Any]) -> str:
         step = record["step"]
         parts = [f"step {step}/{self.max_steps}"]
-        if "epoch" in record:
-            parts.append(f"epoch {record['epoch']:.2f}")
-        if "loss" in record:
-            parts.append(f"loss {record['loss']:.4f}")
-        if "eval_loss" in record:
-            parts.append(f"eval loss {record['eval_loss']:.4f}")
-        if "eval_accuracy" in record:
-            parts.append(f"eval accuracy {record['eval_accuracy']:.1%}")
-        if "lr" in record:
-            parts.append(f"lr {record['lr']:.2e}")
-        if "tokens_per_s" in record:
-            parts.append(f"{record['tokens_per_s']:,.0f} tokens/s")
+        parts += [form.format(record[key]) for key, form in _LINE_FIELDS if key in record]
         elapsed = time.perf_counter() - self.start_time
         done = step - self.start_step
         parts.append(f"elapsed {_clock(elapsed)}")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
-from tests.train.train_helpers import VOCAB, copy_run_until, run_cli, write_shards
+from tests.train.train_helpers import VOCAB, copy_run_until, run_cli, save_tiny_llama, write_shards
 
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4}
 
@@ -24,13 +24,7 @@ def shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A tiny pretrained model dir (save_pretrained), vocabulary as large as the shards'."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "m"
-    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("model") / "m")
 
 
 def run(shards, out, **kw):

@@ -10,7 +10,7 @@ import torch
 from pipeline.train.loop import train
 from pipeline.train.model import build_model, precision_for
 from schemas.train_config import load_train_config
-from tests.train.train_helpers import VOCAB, write_shards
+from tests.train.train_helpers import VOCAB, save_tiny_llama, write_shards
 
 CPU = torch.device("cpu")
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 1e-2, "min_lr": 1e-3}
@@ -25,13 +25,7 @@ def shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A tiny pretrained model dir, stored in fp32 (save_pretrained)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "m"
-    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("model") / "m")
 
 
 def build(**options) -> torch.nn.Module:

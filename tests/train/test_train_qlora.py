@@ -18,7 +18,7 @@ from pipeline.train.loop import train
 from pipeline.train.model import build_model, precision_for
 from pipeline.train.optim import build_optimizer
 from schemas.train_config import load_train_config
-from tests.train.train_helpers import VOCAB, copy_run_until, write_shards
+from tests.train.train_helpers import VOCAB, copy_run_until, save_tiny_llama, write_shards
 
 needs_bnb = pytest.mark.skipif(find_spec("bitsandbytes") is None, reason="the qlora extra (bitsandbytes) is absent")
 CPU = torch.device("cpu")
@@ -41,13 +41,7 @@ def four_samples(tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A tiny random Llama stored in fp32; its matrices are multiples of bitsandbytes' 64-value blocks."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "m"
-    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("model") / "m", hidden=64, layers=2)
 
 
 def run(shards, saved_model, out, **kw):

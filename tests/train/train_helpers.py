@@ -126,3 +126,14 @@ def copy_run_until(full: Path, part: Path, step: int) -> None:
             shutil.copy(ckpt, part / "checkpoints")
     shutil.copy(full / "metrics.jsonl", part / "metrics.jsonl")
     shutil.copy(full / LEDGER, part / LEDGER)
+
+
+def save_tiny_llama(path: Path, *, hidden: int = 32, layers: int = 1) -> Path:
+    """A tiny random Llama saved with `save_pretrained` in fp32, vocabulary `VOCAB`: a `--model` directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
+                                 num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2)
+                     ).save_pretrained(path)
+    return path
