@@ -484,6 +484,11 @@ def main(device: str, steps: int | None, warmup: int | None, smoke: bool, work: 
     if child is not None:
         run_child(child)
         return
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.UsageError("--device cuda: no CUDA device is available here (use --device cpu)")
     work.mkdir(parents=True, exist_ok=True)
     click.echo(f"Benchmark against TRL: {_provenance()}")
     click.echo(f"both trainers: batch {BATCH}, lr {LR} cosine to {MIN_LR}, no lr warmup, AdamW betas {BETAS}, "
