@@ -6,10 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
+DEVICE ?= cpu
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := true
 
-.PHONY: all install demo-tokenizer preprocess train check test bench clean
+.PHONY: all install demo-tokenizer preprocess train check test bench bench-train clean
 
 all: preprocess train
 
@@ -42,6 +43,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m tools.bench
+
+# This trainer against TRL's SFTTrainer on the same shards, model and hyperparameters (DEVICE=cuda on a GPU).
+bench-train: $(STAMP)
+	$(PY) -m tools.bench_train --device $(DEVICE) --work $(OUT)/bench-train
 
 clean:
 	rm -rf $(OUT)

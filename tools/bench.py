@@ -66,10 +66,10 @@ def _in_fresh_process(function: "_Job") -> tuple:
 
 
 def _with_peak(function: Callable[[], tuple], send) -> None:
-    send.send((*function(), _peak_rss_mib()))
+    send.send((*function(), peak_rss_mib()))
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """This process's peak RSS. On Linux from VmHWM, which starts afresh at exec; ru_maxrss would also count the
     parent's memory copied at fork, before the spawned interpreter replaced it."""
     try:
@@ -163,7 +163,7 @@ def _render_texts(rows: list[dict], tokenizer_dir: str) -> tuple[list[str], list
     return [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows], encoders
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -194,9 +194,9 @@ def main(conversations: int, reference_sample: int, workers: int) -> None:
         families = [("demo", REPO / "data" / "tokenizer")]
     rows = generate_corpus(conversations)
     with tempfile.TemporaryDirectory() as tmp:
-        data = _write_jsonl(Path(tmp, "corpus.jsonl"), rows)
-        small = _write_jsonl(Path(tmp, "small.jsonl"), rows[: len(rows) // 10])
-        sample = _write_jsonl(Path(tmp, "sample.jsonl"), rows[:reference_sample])
+        data = write_jsonl(Path(tmp, "corpus.jsonl"), rows)
+        small = write_jsonl(Path(tmp, "small.jsonl"), rows[: len(rows) // 10])
+        sample = write_jsonl(Path(tmp, "sample.jsonl"), rows[:reference_sample])
         click.echo(f"{conversations:,} generated conversations (the 1x runs: the first {len(rows) // 10:,}); reference "
                    f"paths on the first {reference_sample:,}; {os.cpu_count()} cores")
         for name, tokenizer_dir in families:
