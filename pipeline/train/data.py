@@ -6,6 +6,8 @@ optimizer step `s` with `A` micro-batches per rank, the global micro-batches `(s
 """
 from __future__ import annotations
 
+import bisect
+
 import json
 import math
 from dataclasses import dataclass
@@ -181,20 +183,16 @@ def _flat(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
 def plan_epoch(lengths: np.ndarray, *, epoch: int, seed: int, batch_size: int | None, batch_tokens: int | None,
                bucket_batches: int, packing: bool, pack_length: int) -> list[list[list[int]]]:
     """The micro-batches of one epoch: each is a list of rows, each row a list of sample indices (one per row
-    unless packing). Shuffled by (seed, epoch); padded batches are sorted by length within large random buckets."""
+    unless packing). Shuffled by (seed, epoch); padded batches are sorted by length within large random buckets, and
+    packed rows are filled best-fit within such buckets, then shuffled."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if packing:
-        rows, row, used = [], [], 0
-        for i in order.tolist():
-            if row and used + lengths[i] > pack_length:
-                rows.append(row)
-                row, used = [], 0
-            row.append(i)
-            used += int(lengths[i])
-        if row:
-            rows.append(row)
         per = batch_size or max(1, batch_tokens // pack_length)
+        typical = max(1, pack_length // max(1, int(np.median(lengths))))  # samples in a row
+        bucket = per * bucket_batches * typical
+        rows = [row for b in range(0, len(order), bucket) for row in pack_rows(order[b:b + bucket], lengths, pack_length)]
+        rows = [rows[k] for k in rng.permutation(len(rows)).tolist()]
         return [rows[k:k + per] for k in range(0, len(rows), per)]
     batches: list[list[list[int]]] = []
     bucket = (batch_size or max(1, batch_tokens // max(1, int(np.median(lengths))))) * bucket_batches
@@ -213,6 +211,25 @@ def plan_epoch(lengths: np.ndarray, *, epoch: int, seed: int, batch_size: int | 
             if cur:
                 batches.append(cur)
     return [batches[k] for k in rng.permutation(len(batches)).tolist()]
+
+
+def pack_rows(samples: np.ndarray, lengths: np.ndarray, pack_length: int) -> list[list[int]]:
+    """Best-fit decreasing: the longest sample first, each into the fullest row it still fits, else a new row. Rows
+    come out nearly full (a row closed at the first sample that does not fit is about two thirds full on chat data).
+    Within a row, samples keep the order they were placed in; the order of rows is the caller's."""
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row index), sorted: the first entry with room >= n is the best fit
+    for i in samples[np.argsort(-lengths[samples], kind="stable")].tolist():
+        n = int(lengths[i])
+        k = bisect.bisect_left(free, (n, -1))
+        if k < len(free):
+            room, r = free.pop(k)
+        else:
+            room, r = pack_length, len(rows)
+            rows.append([])
+        rows[r].append(i)
+        bisect.insort(free, (room - n, r))
+    return rows
 
 
 def plan_eval(lengths: np.ndarray, *, batch_size: int | None, batch_tokens: int | None, packing: bool,

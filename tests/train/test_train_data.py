@@ -46,6 +46,26 @@ def test_token_budget(shards):
     assert all(len(b) * max(lengths[r[0]] for r in b) <= 128 for b in plan)
 
 
+def test_packed_rows_are_full_and_hold_every_sample_once():
+    """Best-fit decreasing packs chat-like lengths nearly full; closing a row at the first sample that does not fit
+    (the shuffled first fit this replaced) leaves about a third of each row empty."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(300, 900, size=2000)
+    kw = dict(seed=3, batch_size=4, batch_tokens=None, bucket_batches=16, packing=True, pack_length=1024)
+    plan = plan_epoch(lengths, epoch=0, **kw)
+    rows = [row for batch in plan for row in batch]
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 1024 for row in rows)
+    fill = lengths.sum() / (len(rows) * 1024)
+    naive = []
+    for i in rng.permutation(len(lengths)):  # the reference: shuffled order, a new row at the first misfit
+        if not naive or sum(lengths[j] for j in naive[-1]) + lengths[i] > 1024:
+            naive.append([])
+        naive[-1].append(i)
+    assert fill > 0.8 and fill > lengths.sum() / (len(naive) * 1024) + 0.1
+    assert plan == plan_epoch(lengths, epoch=0, **kw) and plan != plan_epoch(lengths, epoch=1, **kw)
+
+
 def test_padded_batch(shards):
     split = shards.splits["train"]
     batch = collate(split, [[0], [1]], pad_id=0, packing=False)
