@@ -460,17 +460,15 @@ def check_decode_round_trip(output: Output, scan: Scan, config: CheckConfig) -> 
 
 
 def check_checksums(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
-    problems = []
     files = [(split, path, entry) for split in output.shards.split_names for path, entry in output.shards.files(split)]
-    for split, path, entry in files:
-        if sha256_file(path) != entry.sha256:
-            problems.append(f"{split}/{path.name}: sha256 differs from the manifest")
+    differ = [f"{split}/{path.name}" for split, path, entry in files if sha256_file(path) != entry.sha256]
+    problems = [f"{name}: sha256 differs from the manifest" for name in differ]
     problems += [f"{name}: unreadable ({error})" for name, error in scan.unreadable.items()]
     on_disk = {f"{p.parent.name}/{p.name}" for split in output.shards.split_names
                for p in (output.path / split).glob("*.arrow")}
     listed = {f"{split}/{path.name}" for split, path, _ in files}
     problems += [f"{name}: not in the manifest" for name in sorted(on_disk - listed)]
-    return _result("checksums", not problems, f"{len(files) - len(problems)}/{len(files)} match", "all match",
+    return _result("checksums", not problems, f"{len(files) - len(differ)}/{len(files)} match", "all match",
                    "; ".join(problems) if problems else f"{len(files)} shard file(s)")
 
 

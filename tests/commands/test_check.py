@@ -147,6 +147,17 @@ def test_a_shard_file_not_in_the_manifest_fails_the_checksums(copy):
     assert failed(copy) == {"checksums"}
 
 
+def test_the_checksum_count_is_of_listed_files_that_match(copy):
+    listed = sorted((copy / "train").glob("*.arrow")) + sorted((copy / "eval").glob("*.arrow"))
+    for k in range(len(listed) + 2):  # more stray files than listed ones
+        shutil.copy(listed[0], copy / "train" / f"data-extra-{k}.arrow")
+    corrupted = bytearray(listed[-1].read_bytes())
+    corrupted[-200] ^= 0x01
+    listed[-1].write_bytes(bytes(corrupted))
+    result = {r.name: r for r in run_checks(copy).results}["checksums"]
+    assert result.status == "fail" and result.value == f"{len(listed) - 1}/{len(listed)} match", result.value
+
+
 def test_a_duplicated_row_fails_the_duplicate_check(copy):
     rewrite_rows(copy, lambda rows: rows + [{**rows[0], "id": "copy", "row": 999}])
     result = {r.name: r for r in run_checks(copy).results}
