@@ -28,12 +28,10 @@ from pipeline.encoders.choose import make_encoder
 from pipeline.errors import InputError, PipelineError, RowError
 from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.progress import progress
+from pipeline.shards.format import MANIFEST, MANIFEST_VERSION, Manifest, ShardInfo, SplitInfo
 from pipeline.shards.writer import (
-    MANIFEST,
-    MANIFEST_VERSION,
     Sample,
     SampleTable,
-    ShardInfo,
     ShardWriter,
     finalize_split,
     sha256_file,
@@ -546,36 +544,30 @@ def _finalize(owned: OwnedDir, work, config, processor, inputs, summary, stats, 
     for split in SPLITS:
         if shards[split]:
             owned.record(*(f"{split}/{name}" for name in split_files(len(shards[split]))))
-            final = finalize_split(out / split, shards[split])
-            splits[split] = {
-                "rows": sum(s.rows for s in final),
-                "tokens": sum(s.tokens for s in final),
-                "trained_tokens": sum(s.trained_tokens for s in final),
-                "shards": [s.to_json() for s in final],
-            }
+            splits[split] = SplitInfo.of(finalize_split(out / split, shards[split]))
     write_dataset_dict(out, list(splits))
     for name in ("rejects", "warnings"):
         parts = sorted(work.glob(f"chunk-*.{name}.jsonl"))
         write_atomic(out / f"{name}.jsonl", b"".join(p.read_bytes() for p in parts))
     save_tokenizer(processor.tokenizer, processor.template, owned.scratch(".tokenizer.tmp", fresh=True))
     owned.replace_dir(".tokenizer.tmp", "tokenizer")
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "tool": {"name": "chatshard", "version": __version__},
-        "config": config.model_dump(mode="json"),
-        "inputs": inputs,
-        "tokenizer": summary,
-        "chat_template": {
+    manifest = Manifest(
+        version=MANIFEST_VERSION,
+        tool={"name": "chatshard", "version": __version__},
+        config=config.model_dump(mode="json"),
+        inputs=inputs,
+        tokenizer=summary,
+        chat_template={
             "source": config.render.chat_template or "tokenizer",
             "sha256": summary["chat_template_sha256"],
             "tool_role": processor.renderer.traits.tool_role,
         },
-        "encoder": {"name": processor.encode.name, "reason": processor.encoder_reason},
-        "splits": splits,
-        "accounting": stats.to_json(),
-        "rejects_sha256": sha256_file(out / "rejects.jsonl"),
-    }
+        encoder={"name": processor.encode.name, "reason": processor.encoder_reason},
+        splits=splits,
+        accounting=stats.to_json(),
+        rejects_sha256=sha256_file(out / "rejects.jsonl"),
+    )
     owned.record(MANIFEST)
     write_manifest(out, manifest)
     owned.remove(WORK_DIR)
-    return manifest
+    return manifest.to_json()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 from pipeline.templates import load_template
 from schemas.config import RenderConfig
 
@@ -35,6 +35,18 @@ def load_tokenizer(config: RenderConfig):
     tokenizer.backend_tokenizer.no_truncation()  # limits are applied by the truncation stage, never silently here
     tokenizer.backend_tokenizer.no_padding()
     return tokenizer
+
+
+def load_saved_tokenizer(path: Path):
+    """The tokenizer `preprocess` saved beside the shards; `InputError` when it is missing or cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    if not (path / "tokenizer.json").is_file():
+        raise InputError(f"{path}: the tokenizer saved beside the shards is missing (tokenizer.json)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
+        raise InputError(f"{path}: cannot load the saved tokenizer: {exc}") from None
 
 
 def chat_template_of(tokenizer, config: RenderConfig) -> str:

@@ -1,8 +1,9 @@
 """Data-quality checks on a `preprocess` output, for CI: one pass over the shards, then one small function per check.
 
-`open_output` validates the layout (manifest, shard files, tokenizer) and raises `InputError` when the directory is
-not a usable output. `scan_shards` reads every shard once (memory-mapped Arrow, numpy per record batch) and
-collects what the checks need; each `check_*` function turns that into one `CheckResult`. `run_checks` does all.
+`open_output` opens the directory through the shard reader (manifest, shard files) and loads the saved tokenizer; it
+raises `InputError` when the directory is not a usable output. `scan_shards` reads every shard once (memory-mapped
+Arrow, numpy per record batch; a broken file is reported by a check, not raised) and collects what the checks need;
+each `check_*` function turns that into one `CheckResult`. `run_checks` does all.
 
 Two criteria worth knowing:
 - duplicates: two rows are the same conversation when their whole token sequence (trained and untrained), decoded
@@ -25,12 +26,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
-from pipeline.shards.writer import MANIFEST, read_manifest, sha256_file
-from pipeline.stages.mask import IGNORE_INDEX
-from pipeline.tokenizer import special_token_ids
+from pipeline.shards.format import IGNORE_INDEX, Manifest
+from pipeline.shards.reader import RowSample, Shards, iter_batches, open_shards, row_arrays
+from pipeline.shards.writer import sha256_file
+from pipeline.tokenizer import load_saved_tokenizer, special_token_ids
 from schemas.check_config import CheckConfig
-from schemas.config import TruncationConfig
+from schemas.config import MaskConfig, TruncationConfig
 
 Status = Literal["pass", "fail", "skip"]
 EXAMPLES = 5  # row ids listed per failing check
@@ -56,23 +57,20 @@ class CheckResult:
 class Output:
     """A preprocess output directory, its manifest and what the checks read from it."""
 
-    path: Path
-    manifest: dict[str, Any]
-    shards: dict[str, list[tuple[Path, dict[str, Any]]]]
+    shards: Shards
     tokenizer: Any
     limit: int | None
     strategy: str
     preset: str
     train_end_of_turn: bool
 
+    @property
+    def path(self) -> Path:
+        return self.shards.path
 
-@dataclass
-class RowSample:
-    split: str
-    index: int
-    id: str
-    input_ids: np.ndarray
-    labels: np.ndarray
+    @property
+    def manifest(self) -> Manifest:
+        return self.shards.manifest
 
 
 @dataclass
@@ -162,51 +160,12 @@ def format_value(value: Any) -> str:
 
 
 def open_output(path: Path) -> Output:
-    """Validate the layout; `InputError` (the CLI's exit 2) names what is missing or unreadable."""
-    path = Path(path)
-    if not (path / MANIFEST).is_file():
-        raise InputError(f"{path} is not a preprocess output: no {MANIFEST} (an interrupted run writes none)")
-    try:
-        manifest = read_manifest(path)
-        config = manifest["config"]
-        truncation = TruncationConfig.model_validate(config["truncation"])
-        preset = config["mask"]["preset"]
-        splits = sorted(manifest["splits"].items(), key=lambda item: (item[0] != "train", item[0]))
-        shards = {split: [(path / split / s["file"], s) for s in info["shards"]] for split, info in splits}
-        for key in ("read", "written", "rejected", "filtered"):
-            int(manifest["accounting"][key])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path / MANIFEST} is not a valid manifest: {type(exc).__name__}: {exc}") from None
-    missing = [str(p) for files in shards.values() for p, _ in files if not p.is_file()]
-    if missing:
-        raise InputError(f"{path}: shard files named in the manifest are missing: {', '.join(missing)}")
-    return Output(path, manifest, shards, _load_tokenizer(path / "tokenizer"), truncation.limit(preset),
-                  truncation.strategy, preset, bool(config["mask"].get("train_end_of_turn", True)))
-
-
-def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    if not (path / "tokenizer.json").is_file():
-        raise InputError(f"{path}: the tokenizer saved beside the shards is missing (tokenizer.json)")
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
-        raise InputError(f"{path}: cannot load the saved tokenizer: {exc}") from None
-
-
-def iter_batches(path: Path):
-    """Record batches of one shard file (an Arrow IPC stream), memory-mapped."""
-    with pa.memory_map(str(path)) as source:
-        yield from pa.ipc.open_stream(source)
-
-
-def row_arrays(batch: pa.RecordBatch, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, flat values) of a list<int32> column, zero-copy where Arrow allows."""
-    array = batch.column(column)
-    offsets = array.offsets.to_numpy().astype(np.int64)
-    values = array.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]] if len(array) else np.zeros(0)
-    return offsets - offsets[0], values.astype(np.int64)
+    """Open the output and its tokenizer; `InputError` (the CLI's exit 2) names what is missing or unreadable."""
+    shards = open_shards(path)
+    truncation = shards.config_section("truncation", TruncationConfig)
+    mask = shards.config_section("mask", MaskConfig)
+    return Output(shards, load_saved_tokenizer(shards.tokenizer_dir), truncation.limit(mask.preset),
+                  truncation.strategy, mask.preset, mask.train_end_of_turn)
 
 
 def is_byte_level(tokenizer) -> bool:
@@ -236,14 +195,14 @@ def scan_shards(output: Output, config: CheckConfig) -> Scan:
     special_ids = special_token_ids(tokenizer)
     special = np.zeros(max(len(tokenizer), int(special_ids.max(initial=0)) + 1), dtype=bool)
     special[special_ids] = True
-    total = sum(int(info.get("rows", 0)) for info in output.manifest["splits"].values())
+    total = sum(info.rows for info in output.manifest.splits.values())
     strides = (_stride(total, config.decode_sample_rows), _stride(total, config.report_samples))
     byte_level = is_byte_level(tokenizer)
     markers = role_markers(tokenizer)
     seen = 0
-    for split, files in output.shards.items():
+    for split in output.shards.split_names:
         index = 0
-        for path, _ in files:
+        for path, _ in output.shards.files(split):
             try:
                 for batch in iter_batches(path):
                     _scan_batch(scan, batch, split=split, first=index, first_global=seen, strides=strides,
@@ -264,8 +223,8 @@ def _stride(total: int, wanted: int) -> int:
 
 def _scan_batch(scan: Scan, batch: pa.RecordBatch, *, split: str, first: int, first_global: int, strides: tuple[int, int],
                 output: Output, special: np.ndarray, byte_level: bool, markers, config: CheckConfig) -> None:
-    offsets, ids = row_arrays(batch, "input_ids")
-    label_offsets, labels = row_arrays(batch, "labels")
+    offsets, ids = row_arrays(batch.column("input_ids"))
+    label_offsets, labels = row_arrays(batch.column("labels"))
     row_ids = batch.column("id").to_pylist()
     names = [f"{split}[{first + k}] {row_ids[k]}" for k in range(batch.num_rows)]
     lengths = np.diff(offsets)
@@ -392,42 +351,42 @@ def _rate(part: int, whole: int) -> float:
 
 
 def check_accounting(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
-    acc = output.manifest["accounting"]
+    acc = output.manifest.accounting
     problems = []
-    if acc["read"] != acc["written"] + acc["rejected"] + acc["filtered"]:
-        problems.append(f"read {acc['read']} != written {acc['written']} + rejected {acc['rejected']} "
-                        f"+ filtered {acc['filtered']}")
-    for kind in ("rejected", "filtered"):
-        by_reason = sum(acc.get(f"{kind}_reasons", {}).values())
-        if by_reason != acc[kind]:
-            problems.append(f"{kind} {acc[kind]} != sum of {kind}_reasons {by_reason}")
-    for split, info in output.manifest["splits"].items():
-        listed = sum(s["rows"] for s in info["shards"])
-        if not info["rows"] == listed == scan.rows[split]:
-            problems.append(f"{split}: manifest rows {info['rows']}, shard entries {listed}, shards hold {scan.rows[split]}")
+    if acc.read != acc.written + acc.rejected + acc.filtered:
+        problems.append(f"read {acc.read} != written {acc.written} + rejected {acc.rejected} + filtered {acc.filtered}")
+    for kind, reasons in (("rejected", acc.rejected_reasons), ("filtered", acc.filtered_reasons)):
+        by_reason = sum(reasons.values())
+        if by_reason != getattr(acc, kind):
+            problems.append(f"{kind} {getattr(acc, kind)} != sum of {kind}_reasons {by_reason}")
+    for split, info in output.manifest.splits.items():
+        listed = sum(s.rows for s in info.shards)
+        if not info.rows == listed == scan.rows[split]:
+            problems.append(f"{split}: manifest rows {info.rows}, shard entries {listed}, "
+                            f"shards hold {scan.rows[split]}")
         for key, found in (("tokens", scan.tokens[split]), ("trained_tokens", scan.trained[split])):
-            if split not in scan.unreadable_splits and info.get(key, found) != found:
-                problems.append(f"{split}: manifest {key} {info[key]}, shards hold {found}")
-    if sum(scan.rows.values()) != acc["written"]:
-        problems.append(f"written {acc['written']} != rows in the shards {sum(scan.rows.values())}")
-    value = f"read {acc['read']} = written {acc['written']} + rejected {acc['rejected']} + filtered {acc['filtered']}"
+            if split not in scan.unreadable_splits and getattr(info, key) != found:
+                problems.append(f"{split}: manifest {key} {getattr(info, key)}, shards hold {found}")
+    if sum(scan.rows.values()) != acc.written:
+        problems.append(f"written {acc.written} != rows in the shards {sum(scan.rows.values())}")
+    value = f"read {acc.read} = written {acc.written} + rejected {acc.rejected} + filtered {acc.filtered}"
     return _result("accounting", not problems, value if not problems else "broken", "exact", "; ".join(problems))
 
 
 def check_reject_rate(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
-    acc = output.manifest["accounting"]
-    rate = _rate(acc["rejected"], acc["read"])
-    reasons = ", ".join(f"{k}: {v}" for k, v in acc.get("rejected_reasons", {}).items())
+    acc = output.manifest.accounting
+    rate = _rate(acc.rejected, acc.read)
+    reasons = ", ".join(f"{k}: {v}" for k, v in acc.rejected_reasons.items())
     return _result("reject_rate", rate <= config.max_reject_rate, round(rate, 6), f"<= {config.max_reject_rate}",
-                   f"{acc['rejected']} of {acc['read']} rows rejected" + (f" ({reasons})" if reasons else ""))
+                   f"{acc.rejected} of {acc.read} rows rejected" + (f" ({reasons})" if reasons else ""))
 
 
 def check_truncation_rate(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
-    acc = output.manifest["accounting"]
-    cut = int(acc.get("notes", {}).get("truncated", 0))
-    rate = _rate(cut, acc["written"])
+    acc = output.manifest.accounting
+    cut = acc.notes.get("truncated", 0)
+    rate = _rate(cut, acc.written)
     return _result("truncation_rate", rate <= config.max_truncation_rate, round(rate, 6),
-                   f"<= {config.max_truncation_rate}", f"{cut} of {acc['written']} written rows cut at the limit")
+                   f"<= {config.max_truncation_rate}", f"{cut} of {acc.written} written rows cut at the limit")
 
 
 def check_no_trained_tokens(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
@@ -501,16 +460,15 @@ def check_decode_round_trip(output: Output, scan: Scan, config: CheckConfig) -> 
 
 
 def check_checksums(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
-    problems = []
-    files = [(split, path, entry) for split, shards in output.shards.items() for path, entry in shards]
-    for split, path, entry in files:
-        if sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{split}/{path.name}: sha256 differs from the manifest")
+    files = [(split, path, entry) for split in output.shards.split_names for path, entry in output.shards.files(split)]
+    differ = [f"{split}/{path.name}" for split, path, entry in files if sha256_file(path) != entry.sha256]
+    problems = [f"{name}: sha256 differs from the manifest" for name in differ]
     problems += [f"{name}: unreadable ({error})" for name, error in scan.unreadable.items()]
-    on_disk = {f"{p.parent.name}/{p.name}" for split in output.shards for p in (output.path / split).glob("*.arrow")}
+    on_disk = {f"{p.parent.name}/{p.name}" for split in output.shards.split_names
+               for p in (output.path / split).glob("*.arrow")}
     listed = {f"{split}/{path.name}" for split, path, _ in files}
     problems += [f"{name}: not in the manifest" for name in sorted(on_disk - listed)]
-    return _result("checksums", not problems, f"{len(files) - len(problems)}/{len(files)} match", "all match",
+    return _result("checksums", not problems, f"{len(files) - len(differ)}/{len(files)} match", "all match",
                    "; ".join(problems) if problems else f"{len(files)} shard file(s)")
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.commands.check import CheckReport, RowSample, format_value
+from pipeline.commands.check import CheckReport, format_value
 from pipeline.commands.show import token_pieces
 from pipeline.outputs import write_atomic
-from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.shards.format import IGNORE_INDEX
+from pipeline.shards.reader import RowSample
 from pipeline.tokenizer import special_token_ids
 
 REJECT_EXAMPLES = 10
@@ -38,7 +39,7 @@ def render_report(report: CheckReport) -> str:
     manifest = report.output.manifest
     body = [
         f"<h1>chatshard check <span class='badge {status}'>{status.upper()}</span></h1>",
-        f"<p class='muted'>{escape(report.directory)} &middot; tool {escape(str(manifest.get('tool', {}).get('version', '?')))}"
+        f"<p class='muted'>{escape(report.directory)} &middot; tool {escape(manifest.tool.version)}"
         f" &middot; preset {escape(report.output.preset)} &middot; limit {report.output.limit}</p>",
         "<h2>Checks</h2>", _check_table(report),
         "<h2>Length distribution</h2>", _length_section(report),
@@ -140,12 +141,12 @@ def _trained_section(report: CheckReport) -> str:
 
 
 def _rejects_section(report: CheckReport) -> str:
-    acc = report.output.manifest["accounting"]
-    rows = [(kind, reason, count) for kind, key in (("rejected", "rejected_reasons"), ("filtered", "filtered_reasons"),
-                                                   ("note", "notes"))
-            for reason, count in acc.get(key, {}).items()]
-    html = (f"<p>read {acc['read']} &middot; written {acc['written']} &middot; rejected {acc['rejected']} &middot; "
-            f"filtered {acc['filtered']}</p>")
+    acc = report.output.manifest.accounting
+    rows = [(kind, reason, count) for kind, counts in (("rejected", acc.rejected_reasons),
+                                                      ("filtered", acc.filtered_reasons), ("note", acc.notes))
+            for reason, count in counts.items()]
+    html = (f"<p>read {acc.read} &middot; written {acc.written} &middot; rejected {acc.rejected} &middot; "
+            f"filtered {acc.filtered}</p>")
     if not rows:
         return html + "<p class='muted'>nothing rejected, dropped or cut</p>"
     html += "<table><tr><th>kind</th><th>reason</th><th>rows</th></tr>" + "".join(

@@ -11,57 +11,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from pipeline.commands.check import Output, RowSample, iter_batches, open_output
 from pipeline.errors import PipelineError
-from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.shards.format import IGNORE_INDEX
+from pipeline.shards.reader import RowSample, Shards, open_shards
+from pipeline.tokenizer import load_saved_tokenizer
 
 OPEN, CLOSE = "[[", "]]"
 
 
-def find_row(output: Output, *, split: str | None = None, index: int | None = None, row_id: str | None = None) -> RowSample:
+def find_row(shards: Shards, *, split: str | None = None, index: int | None = None, row_id: str | None = None
+             ) -> RowSample:
     """The row at `index` of `split` (default train), or the row whose `id` is `row_id` (in `split`, or any split)."""
-    splits = list(output.shards)
-    if split is not None and split not in output.shards:
-        raise PipelineError(f"--split: no split {split!r} in {output.path} (it has: {', '.join(splits) or 'none'})")
+    splits = shards.split_names
+    if split is not None and split not in splits:
+        raise PipelineError(f"--split: no split {split!r} in {shards.path} (it has: {', '.join(splits) or 'none'})")
     if row_id is not None:
         for name in [split] if split else splits:
-            found = _row_with_id(output, name, row_id)
+            found = shards.split(name).index_of(row_id)
             if found is not None:
-                return found
-        raise PipelineError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {output.path}")
-    split = split or ("train" if "train" in output.shards else splits[0] if splits else None)
+                return shards.split(name).row(found)
+        raise PipelineError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {shards.path}")
+    split = split or (splits[0] if splits else None)  # train comes first
     if split is None:
-        raise PipelineError(f"{output.path} holds no rows")
-    rows = sum(int(entry["rows"]) for _, entry in output.shards[split])
+        raise PipelineError(f"{shards.path} holds no rows")
+    rows = len(shards.split(split))
     index = 0 if index is None else index
     if not 0 <= index < rows:
         raise PipelineError(f"--index: {index} is out of range: split {split!r} has {rows} rows (0..{rows - 1})")
-    start = 0
-    for path, entry in output.shards[split]:
-        if index < start + int(entry["rows"]):
-            table = pa.Table.from_batches(list(iter_batches(path)))
-            return _row(table, index - start, split=split, index=index)
-        start += int(entry["rows"])
-    raise PipelineError(f"--index: {index} not found in the shards of {split!r}")  # the manifest over-counts
-
-
-def _row_with_id(output: Output, split: str, row_id: str) -> RowSample | None:
-    start = 0
-    for path, _ in output.shards[split]:
-        table = pa.Table.from_batches(list(iter_batches(path)))
-        ids = table.column("id").to_pylist()
-        if row_id in ids:
-            k = ids.index(row_id)
-            return _row(table, k, split=split, index=start + k)
-        start += table.num_rows
-    return None
-
-
-def _row(table: pa.Table, k: int, *, split: str, index: int) -> RowSample:
-    row = table.slice(k, 1).to_pylist()[0]
-    return RowSample(split, index, row["id"], np.asarray(row["input_ids"]), np.asarray(row["labels"]))
+    return shards.split(split).row(index)
 
 
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:
@@ -113,6 +91,7 @@ def format_sample(tokenizer, row: RowSample, *, highlight: Callable[[str], str] 
 def show(directory: Path, *, split: str | None = None, index: int | None = None, row_id: str | None = None,
          highlight: Callable[[str], str] | None = None, ids: bool = False) -> str:
     """`python -m pipeline show`: one sample of an output directory as text."""
-    output = open_output(Path(directory))
-    return format_sample(output.tokenizer, find_row(output, split=split, index=index, row_id=row_id),
-                         highlight=highlight, ids=ids)
+    shards = open_shards(directory)
+    tokenizer = load_saved_tokenizer(shards.tokenizer_dir)
+    return format_sample(tokenizer, find_row(shards, split=split, index=index, row_id=row_id), highlight=highlight,
+                         ids=ids)

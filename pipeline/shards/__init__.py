@@ -1,1 +1,1 @@
-"""What is on disk: the shard format (Arrow schema, manifest) and the writer."""
+"""What is on disk: the shard format (schema, ignore index, manifest model), its writer and its one reader."""

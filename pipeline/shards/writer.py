@@ -2,14 +2,14 @@
 
 Files are Arrow IPC streams with the `datasets` feature metadata, so `datasets.load_from_disk(DIR)` opens them and
 any Arrow reader memory-maps them. Nothing here depends on time, paths or randomness: the same rows give the same
-bytes. The manifest is written last, atomically, with sorted keys.
+bytes. The manifest (a `Manifest`, see `format.py`) is written last, atomically, with sorted keys.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.outputs import write_atomic
-from pipeline.stages.mask import IGNORE_INDEX
-
-_FEATURES = {
-    "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
-    "labels": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
-    "length": {"dtype": "int32", "_type": "Value"},
-    "id": {"dtype": "string", "_type": "Value"},
-    "source": {"dtype": "string", "_type": "Value"},
-    "row": {"dtype": "int64", "_type": "Value"},
-}
-SCHEMA = pa.schema(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("length", pa.int32()),
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("row", pa.int64()),
-    ],
-    metadata={"huggingface": json.dumps({"info": {"features": _FEATURES}})},
-)
-MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+from pipeline.shards.format import FEATURES, IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
 
 
 @dataclass(frozen=True)
@@ -51,20 +29,6 @@ class Sample:
     id: str
     source: str
     row: int
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """What the manifest records per shard file."""
-
-    file: str
-    rows: int
-    tokens: int
-    trained_tokens: int
-    sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def sha256_file(path: Path) -> str:
@@ -135,17 +99,8 @@ class ShardWriter:
         os.fsync(self._handle.fileno())
         self._handle.close()
         os.replace(self._tmp, self.path)
-        return ShardInfo(self.path.name, self.rows, self.tokens, self.trained_tokens, sha256_file(self.path))
-
-
-def write_shard(path: Path, samples: list[Sample]) -> ShardInfo:
-    """Write one whole shard file atomically and return its manifest entry."""
-    writer = ShardWriter(path)
-    writer.write(SampleTable.of(samples))
-    info = writer.close()
-    if info is None:
-        raise ValueError(f"{path}: a shard needs at least one sample")
-    return info
+        return ShardInfo(file=self.path.name, rows=self.rows, tokens=self.tokens, trained_tokens=self.trained_tokens,
+                         sha256=sha256_file(self.path))
 
 
 def split_files(total: int) -> list[str]:
@@ -161,7 +116,7 @@ def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]]) -> lis
     final: list[ShardInfo] = []
     for name, (path, info) in zip(names, shards):
         os.replace(path, split_dir / name)
-        final.append(ShardInfo(name, info.rows, info.tokens, info.trained_tokens, info.sha256))
+        final.append(info.model_copy(update={"file": name}))
     fingerprint = hashlib.sha256("".join(s.sha256 for s in final).encode()).hexdigest()[:16]
     state = {
         "_data_files": [{"filename": s.file} for s in final],
@@ -172,7 +127,7 @@ def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]]) -> lis
         "_output_all_columns": False,
         "_split": None,
     }
-    info = {"citation": "", "description": "", "features": _FEATURES, "homepage": "", "license": ""}
+    info = {"citation": "", "description": "", "features": FEATURES, "homepage": "", "license": ""}
     write_atomic(split_dir / "state.json", _json_bytes(state))
     write_atomic(split_dir / "dataset_info.json", _json_bytes(info))
     return final
@@ -182,13 +137,9 @@ def write_dataset_dict(out: Path, splits: list[str]) -> None:
     write_atomic(out / "dataset_dict.json", _json_bytes({"splits": splits}))
 
 
-def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(out: Path, manifest: Manifest) -> None:
     """Written last: a directory with a manifest is a complete output."""
-    write_atomic(out / MANIFEST, _json_bytes(manifest))
-
-
-def read_manifest(out: Path) -> dict[str, Any]:
-    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    write_atomic(out / MANIFEST, _json_bytes(manifest.to_json()))
 
 
 def _json_bytes(data: Any) -> bytes:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.encoders.token_spans import TokenSpans
+from pipeline.shards.format import IGNORE_INDEX
 from pipeline.stages.render import Rendered
 from schemas.config import MaskConfig
 from schemas.records import Conversation
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

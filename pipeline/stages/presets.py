@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.shards.format import IGNORE_INDEX
 from pipeline.stages.render import Renderer
 from schemas.records import Conversation
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.shards.format import IGNORE_INDEX
 from schemas.records import Conversation
 
 

@@ -1,4 +1,5 @@
-"""Shards to micro-batches. Reads only `manifest.json` and the memory-mapped Arrow files: no tokenizer, no template.
+"""Shards to micro-batches. Reads only `manifest.json` and the memory-mapped Arrow files (through
+`pipeline.shards.reader`): no tokenizer, no template.
 
 The order of micro-batches is a pure function of (seed, epoch), the same on every rank, so a position in the stream
 (the global micro-batch index) is all a checkpoint needs to resume the data exactly. Rank `r` of `W` takes, for
@@ -7,174 +8,29 @@ optimizer step `s` with `A` micro-batches per rank, the global micro-batches `(s
 from __future__ import annotations
 
 import bisect
-
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from pipeline.errors import ConfigError, InputError
-
-IGNORE_INDEX = -100  # labels that are not trained (the Hugging Face / PyTorch cross-entropy convention)
-MANIFEST_VERSIONS = (1,)
-COLUMNS = ("input_ids", "labels", "id")
+from pipeline.shards.format import IGNORE_INDEX
+from pipeline.shards.reader import Shards, Split, open_shards
 
 
-@dataclass(frozen=True)
-class Split:
-    """One split, memory-mapped: per Arrow record batch, the flat token values and the list offsets."""
-
-    name: str
-    table: pa.Table
-    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (input_ids values, labels values, offsets) per batch
-    starts: np.ndarray  # first sample index of each chunk, plus the total at the end
-    lengths: np.ndarray  # tokens per sample
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Input ids and (unshifted) labels of sample `i`, as views into the mapped files."""
-        c = int(np.searchsorted(self.starts, i, side="right")) - 1
-        ids, labels, offsets = self.chunks[c]
-        j = i - int(self.starts[c])
-        lo, hi = int(offsets[j]), int(offsets[j + 1])
-        return ids[lo:hi], labels[lo:hi]
-
-    def ids(self, indices: list[int]) -> list[str]:
-        """The `id` column of these samples (provenance, for logs)."""
-        return self.table.column("id").take(pa.array(indices, type=pa.int64())).to_pylist()
-
-
-@dataclass(frozen=True)
-class Shards:
-    path: Path
-    manifest: dict[str, Any]
-    vocab_size: int
-    pad_token_id: int | None
-    bos_token_id: int | None
-    eos_token_id: int | None
-    splits: dict[str, Split]
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.path / "tokenizer"
-
-
-def open_shards(path: Path | str) -> Shards:
-    """Open a `preprocess` output directory. Raises `InputError` for anything the trainer cannot use safely."""
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"{path}: no such shard directory (run `python -m pipeline preprocess` first)")
-    manifest = _read_manifest(path)
-    tok = manifest["tokenizer"]
-    vocab_size = tok["vocab_size"]
-    splits = {}
-    for name in manifest["splits"]:
-        split_dir = path / name
-        if not split_dir.is_dir():
-            raise InputError(f"{path}: manifest.json lists split {name!r} but {split_dir} is missing")
-        splits[name] = _open_split(split_dir, name=name, vocab_size=vocab_size)
-    if "train" not in splits:
-        raise InputError(f"{path}: manifest.json has no 'train' split")
-    if len(splits["train"]) == 0:
-        raise InputError(f"{path}: the train split is empty")
-    return Shards(path=path, manifest=manifest, vocab_size=vocab_size, pad_token_id=tok.get("pad_token_id"),
-                  bos_token_id=tok.get("bos_token_id"), eos_token_id=tok.get("eos_token_id"), splits=splits)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    file = path / "manifest.json"
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no manifest.json (not a `preprocess` output, or an interrupted one)") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{file}: unreadable manifest: {e}") from None
-    problems = []
-    if not isinstance(manifest, dict):
-        raise InputError(f"{file}: the manifest must be a JSON object")
-    version = manifest.get("version")
-    if version not in MANIFEST_VERSIONS:
-        problems.append(f"version {version!r} is not one this trainer knows ({', '.join(map(str, MANIFEST_VERSIONS))})")
-    tok = manifest.get("tokenizer")
-    if not isinstance(tok, dict) or not _is_int(tok.get("vocab_size")) or tok["vocab_size"] < 1:
-        problems.append("tokenizer.vocab_size must be a positive integer")
-    else:
-        for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-            if tok.get(key) is not None and not (_is_int(tok[key]) and 0 <= tok[key] < tok["vocab_size"]):
-                problems.append(f"tokenizer.{key} must be null or an id below vocab_size, not {tok[key]!r}")
-    if not isinstance(manifest.get("splits"), dict) or not manifest["splits"]:
-        problems.append("splits must be a non-empty object of split name -> counts")
-    if problems:
-        raise InputError(f"{file}: invalid manifest: " + "; ".join(problems))
-    return manifest
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _arrow_files(split_dir: Path) -> list[Path]:
-    state = split_dir / "state.json"
-    if state.is_file():
-        try:
-            return [split_dir / f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{state}: unreadable: {e}") from None
-    return sorted(split_dir.glob("data-*.arrow"))
-
-
-def _open_split(split_dir: Path, *, name: str, vocab_size: int) -> Split:
-    files = _arrow_files(split_dir)
-    if not files:
-        raise InputError(f"{split_dir}: no Arrow files")
-    batches = []
-    for file in files:
-        try:
-            # memory-mapped: the token lists stay in the page cache, not in this process's heap
-            batches.extend(pa.ipc.open_stream(pa.memory_map(str(file), "r")).read_all().to_batches())
-        except (OSError, pa.ArrowInvalid) as e:
-            raise InputError(f"{file}: not a readable Arrow stream: {e}") from None
-    table = pa.Table.from_batches(batches)
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise InputError(f"{split_dir}: missing column(s) {', '.join(missing)}")
-    chunks, counts = [], []
-    for batch in batches:
-        ids_col, labels_col = batch.column("input_ids"), batch.column("labels")
-        if ids_col.null_count or labels_col.null_count:
-            raise InputError(f"{split_dir}: null input_ids or labels")
-        ids, offsets = _flat(ids_col)
-        labels, label_offsets = _flat(labels_col)
-        if not np.array_equal(offsets, label_offsets):
-            raise InputError(f"{split_dir}: input_ids and labels differ in length in some rows")
-        if ids.size:
-            lo, hi = int(ids.min()), int(ids.max())
-            if lo < 0 or hi >= vocab_size:
-                raise InputError(f"{split_dir}: token id {hi if hi >= vocab_size else lo} is outside the vocabulary "
-                                 f"(manifest tokenizer.vocab_size = {vocab_size})")
-            bad = (labels != IGNORE_INDEX) & (labels != ids)
-            if bad.any():
-                raise InputError(f"{split_dir}: {int(bad.sum())} labels are neither {IGNORE_INDEX} nor the token at "
-                                 "their position (labels must be unshifted)")
-        chunks.append((ids, labels, offsets))
-        counts.append(len(offsets) - 1)
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    lengths = np.concatenate([np.diff(c[2]) for c in chunks]).astype(np.int64) if chunks else np.zeros(0, np.int64)
-    return Split(name=name, table=table, chunks=chunks, starts=starts, lengths=lengths)
-
-
-def _flat(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
-    """The values a list column uses and its offsets rebased to 0 (zero-copy views of the mapped buffers)."""
-    offsets = column.offsets.to_numpy()
-    values = column.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-    return values, (offsets - offsets[0]).astype(np.int64)
+def open_training_shards(path: Path | str) -> Shards:
+    """Open a `preprocess` output for training. Raises `InputError` for anything the trainer cannot use safely: no
+    train split, an empty one, a token outside the manifest's vocabulary, a label that is not unshifted."""
+    shards = open_shards(path)
+    if "train" not in shards.manifest.splits:
+        raise InputError(f"{shards.path}: manifest.json has no 'train' split")
+    for split in shards.splits.values():
+        split.check_tokens(shards.manifest.tokenizer.vocab_size)
+    if len(shards.split("train")) == 0:
+        raise InputError(f"{shards.path}: the train split is empty")
+    return shards
 
 
 # --- planning: which samples go in which micro-batch ------------------------------------------------------------

@@ -29,7 +29,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pipeline.errors import ConfigError
 from pipeline.train.checkpoint import (list_checkpoints, load_checkpoint, load_model_state, rng_state,
                                        save_checkpoint, set_rng_state, write_best)
-from pipeline.train.data import Batch, MicroBatches, check_fits, collate, open_shards, plan_eval, steps_for_epochs
+from pipeline.train.data import (Batch, MicroBatches, check_fits, collate, open_training_shards, plan_eval,
+                                 steps_for_epochs)
 from pipeline.train.early_stop import EvalTracker
 from pipeline.train.loss import TrainedTokenLoss
 from pipeline.train.lr import lr_at
@@ -117,7 +118,8 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
     check_report_to(cfg.report_to)
 
     # -- data: only the manifest and the memory-mapped Arrow files --------------------------------------------
-    shards = open_shards(cfg.data)
+    shards = open_training_shards(cfg.data)
+    token_info = shards.manifest.tokenizer  # ids and vocabulary size, without loading the tokenizer
     train_split, eval_split = shards.splits["train"], shards.splits.get("eval")
     pack_length = cfg.pack_length or int(train_split.lengths.max())
     check_fits(train_split, batch_tokens=cfg.batch_tokens, packing=cfg.packing, pack_length=pack_length)
@@ -129,7 +131,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
     if cfg.early_stopping_patience is not None and eval_split is None:
         raise ConfigError([f"early_stopping_patience needs an eval split, and {cfg.data} has none (preprocess with "
                            "--eval-split)"])
-    pad_id = next(i for i in (shards.pad_token_id, shards.eos_token_id, 0) if i is not None)  # masked anyway
+    pad_id = next(i for i in (token_info.pad_token_id, token_info.eos_token_id, 0) if i is not None)  # masked anyway
     stream = MicroBatches(train_split, seed=cfg.seed, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
                           bucket_batches=cfg.bucket_batches, packing=cfg.packing, pack_length=pack_length,
                           pad_id=pad_id)
@@ -165,9 +167,9 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
 
     # -- model and optimizer ----------------------------------------------------------------------------------
     longest = max(pack_length, int(eval_split.lengths.max()) if eval_split is not None else 0)
-    model = build_model(cfg, precision=precision, device=device, vocab_size=shards.vocab_size, max_length=longest,
-                        pad_token_id=shards.pad_token_id, bos_token_id=shards.bos_token_id,
-                        eos_token_id=shards.eos_token_id)
+    model = build_model(cfg, precision=precision, device=device, vocab_size=token_info.vocab_size, max_length=longest,
+                        pad_token_id=token_info.pad_token_id, bos_token_id=token_info.bos_token_id,
+                        eos_token_id=token_info.eos_token_id)
     torch.manual_seed(cfg.seed + 1 + rank)  # dropout differs per rank; the data order does not use torch RNG
     raw_model = model
     loss_model = TrainedTokenLoss(raw_model)  # body -> trained positions -> head and cross-entropy in chunks
@@ -191,7 +193,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
         print(f"config: {json.dumps(changed, sort_keys=True)}")
         print(f"data: {len(train_split)} train samples"
               + (f", {len(eval_split)} eval" if eval_split is not None else "")
-              + f", vocab {shards.vocab_size}; {'packed rows of ' + str(pack_length) if cfg.packing else 'padded'}")
+              + f", vocab {token_info.vocab_size}; {'packed rows of ' + str(pack_length) if cfg.packing else 'padded'}")
         print(f"model: {cfg.model}, {n_params / 1e6:.2f}M parameters ({sum(p.numel() for p in params) / 1e6:.2f}M "
               f"trained); {world} rank(s) x {cfg.grad_accum} micro-batches per step; {max_steps} steps"
               + (f", resuming at step {step}" if step else "") + f"; {precision.describe()} on {device.type}")

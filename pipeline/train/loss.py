@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from pipeline.train.data import IGNORE_INDEX
+from pipeline.shards.format import IGNORE_INDEX
 
 CHUNK = 1024  # positions per head + cross-entropy chunk: 620 MB of fp32 logits at a 151,665-token vocabulary
 # Model types whose causal-LM forward is exactly `lm_head(decoder(...).last_hidden_state)` (checked in their

@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.commands.check import content_hash, iter_batches, round_trips, run_checks
+from pipeline.commands.check import content_hash, round_trips, run_checks
 from pipeline.errors import ConfigError, InputError
 from pipeline.run import preprocess
-from pipeline.shards.writer import Sample, write_shard
-from pipeline.stages.mask import IGNORE_INDEX
+from pipeline.shards.format import IGNORE_INDEX
+from pipeline.shards.reader import iter_batches
+from pipeline.shards.writer import Sample, SampleTable, ShardWriter
 from pipeline.tokenizer import special_token_ids
 from schemas.check_config import CheckConfig, load_check_config
 from schemas.config import load_config
@@ -74,7 +75,9 @@ def rewrite_rows(out: Path, edit, *, split: str = "train", shard: int = 0, fix_m
     rows = [{**r, "input_ids": np.array(r["input_ids"]), "labels": np.array(r["labels"])} for r in table.to_pylist()]
     before = len(rows)
     rows = edit(rows)
-    info = write_shard(path, [Sample(r["input_ids"], r["labels"], r["id"], r["source"], r["row"]) for r in rows])
+    writer = ShardWriter(path)
+    writer.write(SampleTable.of([Sample(r["input_ids"], r["labels"], r["id"], r["source"], r["row"]) for r in rows]))
+    info = writer.close()
     if not fix_manifest:
         return
 
@@ -114,7 +117,7 @@ def test_labels_of_another_length_fail_the_label_check(copy):
     path = sorted((copy / "train").glob("*.arrow"))[0]
     table = pa.ipc.open_stream(path.read_bytes()).read_all()  # not memory-mapped: the file is rewritten in place
     labels = table.column("labels").to_pylist()
-    labels[1] = labels[1][:-1]  # write_shard cannot write this, so build the columns by hand
+    labels[1] = labels[1][:-1]  # the writer cannot write this, so build the columns by hand
     bad = table.set_column(1, "labels", pa.array(labels, type=pa.list_(pa.int32())))
     with pa.ipc.new_stream(str(path), bad.schema) as writer:
         writer.write_table(bad)
@@ -142,6 +145,17 @@ def test_an_unreadable_shard_is_a_failed_check_not_a_crash(copy):
 def test_a_shard_file_not_in_the_manifest_fails_the_checksums(copy):
     shutil.copy(sorted((copy / "train").glob("*.arrow"))[0], copy / "train" / "data-extra.arrow")
     assert failed(copy) == {"checksums"}
+
+
+def test_the_checksum_count_is_of_listed_files_that_match(copy):
+    listed = sorted((copy / "train").glob("*.arrow")) + sorted((copy / "eval").glob("*.arrow"))
+    for k in range(len(listed) + 2):  # more stray files than listed ones
+        shutil.copy(listed[0], copy / "train" / f"data-extra-{k}.arrow")
+    corrupted = bytearray(listed[-1].read_bytes())
+    corrupted[-200] ^= 0x01
+    listed[-1].write_bytes(bytes(corrupted))
+    result = {r.name: r for r in run_checks(copy).results}["checksums"]
+    assert result.status == "fail" and result.value == f"{len(listed) - 1}/{len(listed)} match", result.value
 
 
 def test_a_duplicated_row_fails_the_duplicate_check(copy):

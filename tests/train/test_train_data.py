@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.train.data import IGNORE_INDEX, MicroBatches, collate, open_shards, plan_epoch
+from pipeline.shards.format import IGNORE_INDEX
+from pipeline.train.data import MicroBatches, collate, open_training_shards, plan_epoch
 from tests.train.train_helpers import write_shards
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return open_shards(write_shards(tmp_path_factory.mktemp("shards") / "s", n_train=200, n_eval=4, max_len=60))
+    path = write_shards(tmp_path_factory.mktemp("shards") / "s", n_train=200, n_eval=4, max_len=60)
+    return open_training_shards(path)
 
 
 def test_reads_the_layout(shards):
@@ -100,16 +102,18 @@ def test_stream_crosses_epochs(shards):
 
 def test_refusals(tmp_path):
     with pytest.raises(InputError, match="no such shard directory"):
-        open_shards(tmp_path / "missing")
+        open_training_shards(tmp_path / "missing")
     bad_version = write_shards(tmp_path / "v", n_train=4, n_eval=0, version=99)
     with pytest.raises(InputError, match="version 99"):
-        open_shards(bad_version)
+        open_training_shards(bad_version)
     small_vocab = write_shards(tmp_path / "vocab", n_train=4, n_eval=0, vocab_size=10)
     with pytest.raises(InputError, match="outside the vocabulary"):
-        open_shards(small_vocab)
+        open_training_shards(small_vocab)
+    manifest = json.loads((small_vocab / "manifest.json").read_text())
     (small_vocab / "manifest.json").write_text("{not json")
-    with pytest.raises(InputError, match="unreadable manifest"):
-        open_shards(small_vocab)
-    (small_vocab / "manifest.json").write_text(json.dumps({"version": 1, "splits": {"train": {}}}))
-    with pytest.raises(InputError, match="vocab_size"):
-        open_shards(small_vocab)
+    with pytest.raises(InputError, match="manifest.json is not a valid manifest: unreadable"):
+        open_training_shards(small_vocab)
+    del manifest["tokenizer"]["vocab_size"]
+    (small_vocab / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="tokenizer.vocab_size: Field required"):
+        open_training_shards(small_vocab)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.shards.format import IGNORE_INDEX
 from pipeline.train.checkpoint import list_checkpoints, load_checkpoint
-from pipeline.train.data import IGNORE_INDEX, open_shards
+from pipeline.train.data import open_training_shards
 from pipeline.train.early_stop import EvalTracker
 from pipeline.train.loop import train
 from pipeline.train.loss import token_eval_sums, token_loss_sum
@@ -85,7 +86,7 @@ def test_eval_accuracy_is_the_final_models_token_accuracy(repeating, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out / "final").eval()
-    split = open_shards(repeating).splits["eval"]
+    split = open_training_shards(repeating).splits["eval"]
     hits = total = 0
     for i in range(len(split)):
         ids, labels = (torch.tensor(a, dtype=torch.long) for a in split.sample(i))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.train.data import collate, open_shards
+from pipeline.train.data import collate, open_training_shards
 from pipeline.train.loop import micro_steps
 from pipeline.train.loss import TrainedTokenLoss, linear_cross_entropy, token_eval_sums, token_loss_sum
 from pipeline.train.lr import lr_at
@@ -19,7 +19,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
-    return open_shards(write_shards(tmp_path_factory.mktemp("shards") / "s", n_train=16, n_eval=0)).splits["train"]
+    path = write_shards(tmp_path_factory.mktemp("shards") / "s", n_train=16, n_eval=0)
+    return open_training_shards(path).splits["train"]
 
 
 def grads_of(model, batches):

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.train.data import collate, open_shards
+from pipeline.train.data import collate, open_training_shards
 from pipeline.train.neftune import NEFTune
 from tests.train.train_helpers import copy_run_until, tiny_model, write_shards
 
@@ -24,7 +24,7 @@ def shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def split(shards):
-    return open_shards(shards).splits["train"]
+    return open_training_shards(shards).splits["train"]
 
 
 def noise_of(embeddings, batch, neftune: NEFTune) -> torch.Tensor:

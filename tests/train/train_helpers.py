@@ -1,6 +1,6 @@
 """Small fake `preprocess` outputs in the exact shard layout, for the trainer's tests.
 
-`write_shards` saves a DatasetDict with `save_to_disk` (train/, eval/, dataset_dict.json), a manifest.json and,
+`write_shards` writes them with the shard writer (train/, eval/, dataset_dict.json, manifest.json) and,
 when asked, a real word-level tokenizer with a chat template in tokenizer/. Samples are random token ids with a
 random-length untrained prompt (labels -100) and a trained reply (labels = input ids), so micro-batches differ in
 how many tokens they train.
@@ -16,6 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipeline.shards.format import MANIFEST, MANIFEST_VERSION
+from pipeline.shards.writer import Sample
+from tests.shards.fake_output import write_output
 
 REPO = Path(__file__).resolve().parents[2]
 VOCAB = 64
@@ -46,33 +50,23 @@ def make_samples(n: int, *, seed: int = 0, min_len: int = 6, max_len: int = 40, 
 
 
 def write_shards(path: Path, *, n_train: int = 48, n_eval: int = 8, seed: int = 0, tokenizer: bool = False,
-                 vocab_size: int = VOCAB, version: int = 1, max_len: int = 40, train_stride: int | None = None,
-                 eval_stride: int | None = None) -> Path:
+                 vocab_size: int = VOCAB, version: int = MANIFEST_VERSION, max_len: int = 40,
+                 train_stride: int | None = None, eval_stride: int | None = None) -> Path:
     """Strides (see `make_samples`) that differ between the splits make eval loss rise as the model learns the train
-    split's rule: an eval curve that bottoms out early, for early stopping."""
-    from datasets import Dataset, DatasetDict, Features, Sequence, Value
-
-    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32")),
-                         "length": Value("int32"), "id": Value("string"), "source": Value("string"),
-                         "row": Value("int64")})
+    split's rule: an eval curve that bottoms out early, for early stopping. Written by the real shard writer (see
+    `write_output`); a `version` other than the current one is patched in afterwards."""
     splits = {"train": make_samples(n_train, seed=seed, max_len=max_len, stride=train_stride)}
     if n_eval:
         splits["eval"] = make_samples(n_eval, seed=seed + 1000, max_len=max_len, stride=eval_stride)
-    dd = DatasetDict({name: Dataset.from_list(rows, features=features) for name, rows in splits.items()})
-    dd.save_to_disk(str(path))
-    manifest = {
-        "version": version,
-        "tokenizer": {"vocab_size": vocab_size, "pad_token_id": 0, "eos_token_id": 3, "bos_token_id": None},
-        "splits": {name: {"rows": len(rows), "tokens": sum(r["length"] for r in rows),
-                          "trained_tokens": sum(sum(1 for x in r["labels"] if x != -100) for r in rows)}
-                   for name, rows in splits.items()},
-        "config": {"fake": True},
-    }
-    (path / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=2))
-    (path / "rejects.jsonl").write_text("")
+    write_output(path, {name: [Sample(np.array(r["input_ids"], np.int32), np.array(r["labels"], np.int32), r["id"],
+                                      r["source"], r["row"]) for r in rows] for name, rows in splits.items()},
+                 vocab_size=vocab_size, eos_token_id=3, pad_token_id=0)
     (path / "tokenizer").mkdir(exist_ok=True)
     if tokenizer:
         save_word_tokenizer(path / "tokenizer")
+    if version != MANIFEST_VERSION:
+        manifest = json.loads((path / MANIFEST).read_text())
+        (path / MANIFEST).write_text(json.dumps({**manifest, "version": version}))
     return path
 
 

@@ -1,0 +1,161 @@
+"""What is on disk, defined once: the Arrow schema of a shard, the ignore index, and the manifest's model and version.
+
+The writer builds a `Manifest` and dumps it; every reader validates `manifest.json` against the same model. Every
+model forbids unknown fields and requires every field the writer writes: a field added or removed changes
+`MANIFEST_VERSION`, and a reader refuses a version it does not know by name rather than misreading it. The
+preprocess config is kept as written (provenance and fingerprint); the consumers that use part of it validate that
+part against this version's config models.
+"""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+
+IGNORE_INDEX = -100  # labels that are not trained (the Hugging Face / PyTorch cross-entropy convention)
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1  # what this version writes
+READABLE_VERSIONS = (1,)  # what this version reads
+
+FEATURES = {
+    "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
+    "labels": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
+    "length": {"dtype": "int32", "_type": "Value"},
+    "id": {"dtype": "string", "_type": "Value"},
+    "source": {"dtype": "string", "_type": "Value"},
+    "row": {"dtype": "int64", "_type": "Value"},
+}  # the `datasets` features, so `datasets.load_from_disk` opens the shards as they are
+SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("length", pa.int32()),
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+    ],
+    metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})},
+)
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+TokenId = Annotated[int, Field(ge=0)]
+
+
+class _Entry(BaseModel):
+    """Strict like the writer: JSON types only (no "3" for 3, no true for 1), no unknown fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class ShardInfo(_Entry):
+    """One shard file of a split."""
+
+    file: str
+    rows: NonNegativeInt
+    tokens: NonNegativeInt
+    trained_tokens: NonNegativeInt
+    sha256: Sha256
+
+
+class SplitInfo(_Entry):
+    """One split: its totals and its shard files, in order."""
+
+    rows: NonNegativeInt
+    tokens: NonNegativeInt
+    trained_tokens: NonNegativeInt
+    shards: list[ShardInfo]
+
+    @classmethod
+    def of(cls, shards: list[ShardInfo]) -> "SplitInfo":
+        return cls(rows=sum(s.rows for s in shards), tokens=sum(s.tokens for s in shards),
+                   trained_tokens=sum(s.trained_tokens for s in shards), shards=shards)
+
+
+class Accounting(_Entry):
+    """Every input row: read = written + rejected + filtered (checked by `check`, not here), with reasons."""
+
+    read: NonNegativeInt
+    written: NonNegativeInt
+    rejected: NonNegativeInt
+    filtered: NonNegativeInt
+    rejected_reasons: dict[str, NonNegativeInt]
+    filtered_reasons: dict[str, NonNegativeInt]
+    notes: dict[str, NonNegativeInt]
+    balanced: bool
+
+
+class TokenizerInfo(_Entry):
+    """Enough to size a model without loading the tokenizer (the trainer reads only this)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    fingerprint: Sha256
+    class_name: str = Field(alias="class")
+    vocab_size: PositiveInt
+    bos_token_id: TokenId | None
+    eos_token_id: TokenId | None
+    pad_token_id: TokenId | None
+    special_tokens: dict[str, str]
+    chat_template_sha256: Sha256
+
+    @model_validator(mode="after")
+    def _ids_in_vocabulary(self) -> "TokenizerInfo":
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, key)
+            if value is not None and value >= self.vocab_size:
+                raise ValueError(f"{key} {value} is not below vocab_size {self.vocab_size}")
+        return self
+
+
+class ChatTemplateInfo(_Entry):
+    source: str  # "tokenizer", a built-in name or a file
+    sha256: Sha256
+    tool_role: str | None
+
+
+class EncoderInfo(_Entry):
+    name: str
+    reason: str
+
+
+class InputFile(_Entry):
+    path: str
+    format: str
+    bytes: NonNegativeInt
+    sha256: Sha256
+
+
+class ToolInfo(_Entry):
+    name: Literal["chatshard"]
+    version: str
+
+
+class Manifest(_Entry):
+    """`manifest.json`: written last, so a directory that has one is a complete output."""
+
+    version: int
+    tool: ToolInfo
+    config: dict[str, Any]
+    inputs: list[InputFile]
+    tokenizer: TokenizerInfo
+    chat_template: ChatTemplateInfo
+    encoder: EncoderInfo
+    splits: dict[str, SplitInfo]
+    accounting: Accounting
+    rejects_sha256: Sha256
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_version(cls, data: Any) -> Any:
+        """Checked before any other field: another version may differ in all of them."""
+        version = data.get("version") if isinstance(data, dict) else None
+        if version not in READABLE_VERSIONS:
+            known = ", ".join(map(str, READABLE_VERSIONS))
+            raise ValueError(f"version {version!r} is not one this chatshard reads ({known}): "
+                             "written by another version of the tool")
+        return data

@@ -1,0 +1,200 @@
+"""The one reader of a `preprocess` output: `check`, `show` and `train` all open shards here.
+
+`open_shards` validates `manifest.json` against the `Manifest` model (an `InputError` names the file and the field)
+and that every shard file it lists is there. Splits are then read from the files the manifest lists, memory-mapped:
+the token lists stay in the page cache, not in this process's heap, and arrays are zero-copy views of the mapped
+buffers. No tokenizer and no template are loaded here: the trainer reads only the manifest and the Arrow files.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ValidationError
+
+from pipeline.errors import InputError
+from pipeline.shards.format import IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
+from schemas.loading import problems
+
+COLUMNS = ("input_ids", "labels", "id")  # what a split needs to be read at all
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The validated manifest of output directory `path`."""
+    file = path / MANIFEST
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} is not a preprocess output: no {MANIFEST} (an interrupted run writes none)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{file} is not a valid manifest: unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{file} is not a valid manifest: it must be a JSON object")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{file} is not a valid manifest: " + "; ".join(problems(exc, source=None))) from None
+
+
+def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """Record batches of one shard file (an Arrow IPC stream), memory-mapped."""
+    with pa.memory_map(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def row_arrays(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0, flat values) of a list column; the values are a zero-copy view of the mapped buffer."""
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    if not len(column):
+        return np.zeros(1, np.int64), np.zeros(0, np.int32)
+    values = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    return offsets - offsets[0], values
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """One row, located: its split and index there, its id, its tokens and (unshifted) labels."""
+
+    split: str
+    index: int
+    id: str
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split, memory-mapped: per Arrow record batch, the flat token values and the list offsets."""
+
+    name: str
+    table: pa.Table
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (input_ids values, labels values, offsets) per batch
+    starts: np.ndarray  # first sample index of each chunk, plus the total at the end
+    lengths: np.ndarray  # tokens per sample
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Input ids and (unshifted) labels of sample `i`, as views into the mapped files."""
+        c = int(np.searchsorted(self.starts, i, side="right")) - 1
+        ids, labels, offsets = self.chunks[c]
+        j = i - int(self.starts[c])
+        lo, hi = int(offsets[j]), int(offsets[j + 1])
+        return ids[lo:hi], labels[lo:hi]
+
+    def row(self, i: int) -> RowSample:
+        """Sample `i` with its split, index and id."""
+        input_ids, labels = self.sample(i)
+        return RowSample(self.name, i, self.ids([i])[0], input_ids, labels)
+
+    def ids(self, indices: list[int]) -> list[str]:
+        """The `id` column of these samples (provenance, for logs)."""
+        return self.table.column("id").take(pa.array(indices, type=pa.int64())).to_pylist()
+
+    def index_of(self, row_id: str) -> int | None:
+        """The index of the first sample whose `id` is `row_id`."""
+        k = pc.index(self.table.column("id"), row_id).as_py()
+        return None if k < 0 else k
+
+    def check_tokens(self, vocab_size: int) -> None:
+        """`InputError` unless every token id is below `vocab_size` and every label is IGNORE_INDEX or its token."""
+        for ids, labels, _ in self.chunks:
+            if not ids.size:
+                continue
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= vocab_size:
+                raise InputError(f"{self.name}: token id {hi if hi >= vocab_size else lo} is outside the vocabulary "
+                                 f"(manifest tokenizer.vocab_size = {vocab_size})")
+            bad = (labels != IGNORE_INDEX) & (labels != ids)
+            if bad.any():
+                raise InputError(f"{self.name}: {int(bad.sum())} labels are neither {IGNORE_INDEX} nor the token at "
+                                 "their position (labels must be unshifted)")
+
+
+class Shards:
+    """A `preprocess` output directory: its validated manifest, its shard files, its splits opened on demand."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        self.path = path
+        self.manifest = manifest
+        self._open: dict[str, Split] = {}
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The tokenizer saved beside the shards (with the chat template used)."""
+        return self.path / "tokenizer"
+
+    @property
+    def split_names(self) -> list[str]:
+        """The splits, train first."""
+        return sorted(self.manifest.splits, key=lambda name: (name != "train", name))
+
+    def files(self, split: str) -> list[tuple[Path, ShardInfo]]:
+        """The shard files of `split` in order, with their manifest entries."""
+        return [(self.path / split / entry.file, entry) for entry in self.manifest.splits[split].shards]
+
+    def split(self, name: str) -> Split:
+        """Split `name`, memory-mapped (opened once)."""
+        if name not in self._open:
+            self._open[name] = _open_split(name, [path for path, _ in self.files(name)])
+        return self._open[name]
+
+    @property
+    def splits(self) -> dict[str, Split]:
+        return {name: self.split(name) for name in self.split_names}
+
+    def config_section(self, key: str, model: type[Section]) -> Section:
+        """Section `key` of the recorded preprocess config, validated against this version's `model`."""
+        try:
+            return model.model_validate(self.manifest.config.get(key))
+        except ValidationError as exc:
+            found = "; ".join(f"config.{key}: {problem}" for problem in problems(exc, source=None))
+            raise InputError(f"{self.path / MANIFEST} is not a valid manifest: {found}") from None
+
+
+def open_shards(path: Path | str) -> Shards:
+    """Open a `preprocess` output directory; `InputError` when it is not one or a shard file it lists is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such shard directory (run `python -m pipeline preprocess` first)")
+    shards = Shards(path, read_manifest(path))
+    missing = [str(file) for name in shards.split_names for file, _ in shards.files(name) if not file.is_file()]
+    if missing:
+        raise InputError(f"{path}: shard files named in the manifest are missing: {', '.join(missing)}")
+    return shards
+
+
+def _open_split(name: str, files: list[Path]) -> Split:
+    batches = []
+    for file in files:
+        try:
+            batches.extend(pa.ipc.open_stream(pa.memory_map(str(file), "r")).read_all().to_batches())
+        except (OSError, pa.ArrowInvalid) as e:
+            raise InputError(f"{file}: not a readable Arrow stream: {e}") from None
+    where = files[0].parent if files else name
+    table = pa.Table.from_batches(batches) if batches else SCHEMA.empty_table()
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
+    chunks, counts = [], []
+    for batch in batches:
+        ids_col, labels_col = batch.column("input_ids"), batch.column("labels")
+        if ids_col.null_count or labels_col.null_count:
+            raise InputError(f"{where}: null input_ids or labels")
+        offsets, ids = row_arrays(ids_col)
+        label_offsets, labels = row_arrays(labels_col)
+        if not np.array_equal(offsets, label_offsets):
+            raise InputError(f"{where}: input_ids and labels differ in length in some rows")
+        chunks.append((ids, labels, offsets))
+        counts.append(len(offsets) - 1)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    lengths = np.concatenate([np.diff(c[2]) for c in chunks]).astype(np.int64) if chunks else np.zeros(0, np.int64)
+    return Split(name=name, table=table, chunks=chunks, starts=starts, lengths=lengths)
