@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.commands.validate import validate_inputs
 from pipeline.errors import InputError
-from pipeline.stages.ingest import read_conversations
+from pipeline.stages.ingest import detect_formats, read_conversations
 from schemas.sources import SourceConfig
 from tests.conftest import shared_path
 from tests.containers import CONTAINERS, LIMIT_ROWS, write_records
@@ -185,13 +185,13 @@ def test_corpus_llamafactory_messages():
     rows = load(v1)
     check(v1, {}, "openai")
     masked = sum(m["loss_weight"] == 0 for r in rows for m in r["messages"])
-    got = list(read_conversations([v1], SRC))
+    got = list(read_conversations(detect_formats([v1], SRC), SRC))
     assert sum(m.loss is False for c in got for m in c.messages) == masked
     reason = shared_path("corpora", "llamafactory_data", "reason_tool_use_demo_50.jsonl")
     rows = load(reason)
     check(reason, {}, "openai")
     calls = sum(p["type"] == "tool_call" for r in rows for m in r["messages"] for p in m["content"])
-    assert sum(len(m.tool_calls or ()) for c in read_conversations([reason], SRC) for m in c.messages) == calls
+    assert sum(len(m.tool_calls or ()) for c in read_conversations(detect_formats([reason], SRC), SRC) for m in c.messages) == calls
     mllm = shared_path("corpora", "llamafactory_data", "mllm_demo.json")
     check(mllm, {"unsupported_content": sum(bool(r.get("images")) for r in load(mllm))}, "openai")
 
@@ -244,5 +244,5 @@ def test_corpus_ms_swift_and_torchtune_and_axolotl():
 
 def test_corpus_ms_swift_csv_keeps_numeric_looking_cells():
     path = shared_path("corpora", "ms_swift_test_data", "alpaca.csv")
-    first = next(iter(read_conversations([path], SRC)))
+    first = next(iter(read_conversations(detect_formats([path], SRC), SRC)))
     assert [(m.role, m.content) for m in first.messages] == [("system", "00000"), ("user", "11111\n\n22222"), ("assistant", "3.3")]
