@@ -10,6 +10,7 @@ import datasets
 import pytest
 
 import pipeline.run as run_module
+import pipeline.stages.ingest as ingest
 import pipeline.workers as workers_module
 from pipeline.errors import PipelineError
 from pipeline.outputs import claim
@@ -414,3 +415,14 @@ def test_integers_beyond_64_bits_give_the_same_tokens_from_every_container(tmp_p
     assert ids[".jsonl"] == ids[".json"] == ids[".csv"]
     text = real_tokenizer("qwen2.5").decode(ids[".jsonl"])
     assert f'"account": {BIG}' in text and "e+29" not in text
+
+
+def test_each_input_file_is_opened_once_to_detect_its_format_and_once_for_its_rows(tmp_path, monkeypatch):
+    opened, real_open = Counter(), ingest._open
+    monkeypatch.setattr(ingest, "_open", lambda path: (opened.update([path.name]), real_open(path))[1])
+    jsonl = _write(tmp_path / "a.jsonl", [_chat(k) for k in range(3)])
+    array = tmp_path / "b.json"
+    array.write_text(json.dumps([_chat(k) for k in range(3)]), encoding="utf-8")
+    manifest = preprocess(_config([jsonl, array]), tmp_path / "out")
+    assert [i["format"] for i in manifest["inputs"]] == ["openai", "openai"]
+    assert opened == {"a.jsonl": 2, "b.json": 2}

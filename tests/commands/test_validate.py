@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.commands.validate import validate_inputs
+import pipeline.stages.ingest as ingest
 from pipeline.errors import InputError
 from pipeline.stages.ingest import detect_formats, read_conversations
 from schemas.sources import SourceConfig
@@ -45,6 +47,13 @@ def test_validate_inputs_counts_and_rejects_file(tmp_path):
     assert re.search(r"^  wrong_type +3$", text, re.M) and "rejected by reason:" in text
     summary = report.to_json()
     assert summary["reasons"] == {r: list(MESSY.values()).count(r) for r in set(MESSY.values())}
+
+
+def test_validate_inputs_opens_each_file_once_to_detect_its_format_and_once_for_its_rows(monkeypatch):
+    opened, real_open = Counter(), ingest._open
+    monkeypatch.setattr(ingest, "_open", lambda path: (opened.update([path.name]), real_open(path))[1])
+    report = validate_inputs([str(DATA / "messy.jsonl")], SRC)
+    assert report.read == 10 and opened == {"messy.jsonl": 2}
 
 
 def test_validate_inputs_leaves_no_rejects_file_when_a_file_is_unreadable(tmp_path):
