@@ -44,7 +44,8 @@ class Reason(StrEnum):
     # ingest: the line is not a record
     INVALID_JSON = ("invalid_json", Kind.REJECTED, "a record's JSON is not valid, nested too deep or holds an integer "
                     "past Python's digit limit")
-    INVALID_CSV = "invalid_csv", Kind.REJECTED, "bad CSV quoting, or a row with another number of fields than the header"
+    INVALID_CSV = ("invalid_csv", Kind.REJECTED, "bad CSV quoting, or a row with another number of fields than the "
+                   "header")
     # adapt: the record does not map to a conversation
     WRONG_TYPE = "wrong_type", Kind.REJECTED, "a field has the wrong JSON type"
     MISSING_FIELD = "missing_field", Kind.REJECTED, "a required field is missing (messages, output, ...)"

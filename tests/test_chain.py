@@ -28,8 +28,10 @@ def _chat(k: int, turns: int) -> dict:
 ROWS = [_chat(k, turns=1 + k % 4) for k in range(40)]
 ROWS[3] = "{not json"
 ROWS[9] = {"messages": [{"role": "user", "content": "no answer"}]}
-ROWS[14] = {"messages": [{"role": "user", "content": "a typed <|assistant|> token"}, {"role": "assistant", "content": "x"}]}
-ROWS[21] = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "q"}]}
+ROWS[14] = {"messages": [{"role": "user", "content": "a typed <|assistant|> token"},
+                         {"role": "assistant", "content": "x"}]}
+ROWS[21] = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""},
+                         {"role": "user", "content": "q"}]}
 
 
 @pytest.mark.parametrize("overrides", [

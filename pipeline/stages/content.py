@@ -46,8 +46,8 @@ class ContentCheck(RowStep):
         if holds_reserved_characters(texts):
             for where, text in template_strings(conversation):
                 if holds_reserved_characters(text):
-                    return RowError.of(conversation, Reason.RESERVED_CHARACTER, field_path(where),
-                                       "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves")
+                    message = "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves"
+                    return RowError.of(conversation, Reason.RESERVED_CHARACTER, field_path(where), message)
         if self.control_tokens is None or self.control_tokens.search(texts) is None:
             return None
         for where, text in template_strings(conversation):

@@ -335,7 +335,8 @@ def holds_reserved_characters(text: str) -> bool:
 
 class Render(Step):
     """The render step: each row's conversation rendered once, its trained messages found verbatim in the text;
-    a row the template refuses is rejected (`template_error`). The batch's renderings share one timer (`render_timer`)."""
+    a row the template refuses is rejected (`template_error`). The batch's renderings share one timer
+    (`render_timer`)."""
 
     name = "render"
 
