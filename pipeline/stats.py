@@ -1,4 +1,5 @@
-"""Counts that add up across workers and shards, so `read == written + rejected + filtered` is checked, not assumed."""
+"""Counts that add up across workers and shards, so `read == written + rejected + filtered` is checked, not assumed.
+One counter for `preprocess` (where `written` rows went to the shards) and `validate` (where they were accepted)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,13 +9,16 @@ from typing import Any
 
 @dataclass
 class Stats:
-    """Row accounting for one run. `rejected` are bad rows; `filtered` are good rows dropped by policy (truncation)."""
+    """Row accounting. `rejected` are bad rows; `filtered` are good rows dropped by policy (truncation); `notes` count
+    remarks on written rows. `steps` counts per step of the chain the rows it took in and passed on and each reason
+    it gave (kept in the journal, not in the manifest)."""
 
     read: int = 0
     written: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)
+    steps: dict[str, Counter[str]] = field(default_factory=dict)
 
     def __iadd__(self, other: "Stats") -> "Stats":
         self.read += other.read
@@ -22,6 +26,8 @@ class Stats:
         self.rejected.update(other.rejected)
         self.filtered.update(other.filtered)
         self.notes.update(other.notes)
+        for step, counts in other.steps.items():
+            self.steps.setdefault(step, Counter()).update(counts)
         return self
 
     @property
@@ -29,6 +35,7 @@ class Stats:
         return self.read == self.written + sum(self.rejected.values()) + sum(self.filtered.values())
 
     def to_json(self) -> dict[str, Any]:
+        """The manifest's `accounting`."""
         return {
             "read": self.read,
             "written": self.written,
@@ -40,6 +47,10 @@ class Stats:
             "balanced": self.balanced,
         }
 
+    def to_journal(self) -> dict[str, Any]:
+        """`to_json` and the counts per step: what a journal keeps of a finished chunk."""
+        return {**self.to_json(), "steps": {step: dict(counts) for step, counts in self.steps.items()}}
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Stats":
         return cls(
@@ -48,4 +59,5 @@ class Stats:
             rejected=Counter(data.get("rejected_reasons", {})),
             filtered=Counter(data.get("filtered_reasons", {})),
             notes=Counter(data.get("notes", {})),
+            steps={step: Counter(counts) for step, counts in data.get("steps", {}).items()},
         )

@@ -12,7 +12,7 @@ from pipeline.encoders import piece_widths
 from pipeline.encoders.token_spans import NotExpressible
 from pipeline.errors import InputError
 from pipeline.run import preprocess
-from pipeline.stages.ingest import detect_format, read_conversations, resolve_inputs
+from pipeline.stages.ingest import detect_format, detect_formats, read_conversations, resolve_inputs
 from pipeline.templates import load_template
 from schemas.config import load_config
 from schemas.sources import SourceConfig
@@ -38,7 +38,8 @@ def corpus_conversations():
     corpora = shared_path("corpora")
     config = load_config(None, {"inputs": [str(p) for p in resolve_inputs([str(corpora)]) if _is_sft_data(p)]})
     paths = resolve_inputs(config.inputs)
-    return config, {(c.source, c.row): c for c in read_conversations(paths, config.source) if hasattr(c, "messages")}
+    conversations = read_conversations(detect_formats(paths, config.source), config.source)
+    return config, {(c.source, c.row): c for c in conversations if hasattr(c, "messages")}
 
 
 @pytest.mark.parametrize("name", REAL_TOKENIZERS)

@@ -10,6 +10,8 @@ import datasets
 import pytest
 
 import pipeline.run as run_module
+import pipeline.stages.ingest as ingest
+import pipeline.workers as workers_module
 from pipeline.errors import PipelineError
 from pipeline.outputs import claim
 from pipeline.run import preprocess
@@ -129,7 +131,7 @@ def test_special_tokens_typed_as_text_are_rejected_unless_allowed(tmp_path):
 def test_same_bytes_for_any_number_of_workers(tmp_path, monkeypatch, start):
     """Workers process whole batches (many in flight here) and the output is the same bytes, rejects included,
     whether workers are forked copies of the process or spawned and built afresh."""
-    monkeypatch.setattr(run_module.multiprocessing, "get_all_start_methods", lambda: [start])
+    monkeypatch.setattr(workers_module.multiprocessing, "get_all_start_methods", lambda: [start])
     rows = [_chat(k, turns=1 + k % 4) for k in range(120)]
     rows[7], rows[61] = "{not json", {"messages": [{"role": "user", "content": "no answer"}]}
     data = _write(tmp_path / "chats.jsonl", rows)
@@ -150,7 +152,7 @@ def _die(records):
 
 
 def test_a_worker_that_dies_fails_the_run_with_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_module, "_process_batch_in_worker", _die)
+    monkeypatch.setattr(workers_module, "run_task", _die)
     data = _write(tmp_path / "chats.jsonl", [_chat(k) for k in range(20)])
     with pytest.raises(PipelineError, match="worker process died"):
         preprocess(_config([data], **{"output.workers": 2}), tmp_path / "out")
@@ -166,7 +168,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     crashed = tmp_path / "crashed"
     real_write, calls = run_module._write_chunk, []
 
-    def crash_on_third(work, index, processor, chunk):
+    def crash_on_third(work, index, process, chunk):
         calls.append(index)
         if len(calls) == 3:  # as if killed in the middle of the third chunk, its shard half written
             def rows_then_interrupt(rows, after=10):
@@ -175,7 +177,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
                         raise KeyboardInterrupt
                     yield row
             chunk = rows_then_interrupt(chunk)
-        return real_write(work, index, processor, chunk)
+        return real_write(work, index, process, chunk)
 
     monkeypatch.setattr(run_module, "_write_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -413,3 +415,14 @@ def test_integers_beyond_64_bits_give_the_same_tokens_from_every_container(tmp_p
     assert ids[".jsonl"] == ids[".json"] == ids[".csv"]
     text = real_tokenizer("qwen2.5").decode(ids[".jsonl"])
     assert f'"account": {BIG}' in text and "e+29" not in text
+
+
+def test_each_input_file_is_opened_once_to_detect_its_format_and_once_for_its_rows(tmp_path, monkeypatch):
+    opened, real_open = Counter(), ingest._open
+    monkeypatch.setattr(ingest, "_open", lambda path: (opened.update([path.name]), real_open(path))[1])
+    jsonl = _write(tmp_path / "a.jsonl", [_chat(k) for k in range(3)])
+    array = tmp_path / "b.json"
+    array.write_text(json.dumps([_chat(k) for k in range(3)]), encoding="utf-8")
+    manifest = preprocess(_config([jsonl, array]), tmp_path / "out")
+    assert [i["format"] for i in manifest["inputs"]] == ["openai", "openai"]
+    assert opened == {"a.jsonl": 2, "b.json": 2}

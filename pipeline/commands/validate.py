@@ -14,25 +14,40 @@ from typing import Any
 
 from pipeline.errors import RowError
 from pipeline.progress import progress
-from pipeline.stages.ingest import detect_format, read_conversations, resolve_inputs
+from pipeline.stages.ingest import detect_formats, read_conversations, resolve_inputs
 from pipeline.stages.validate import notes_for
+from pipeline.stats import Stats
 from schemas.sources import SourceConfig
 
 
 @dataclass
 class ValidationReport:
-    """Counts of one `validate_inputs` run; `read == accepted + rejected` always."""
+    """One `validate_inputs` run: the files with their formats, the counts (`Stats`, whose written rows are the
+    accepted ones: `read == accepted + rejected` always) and the first errors."""
 
     files: dict[str, str] = field(default_factory=dict)
-    read: int = 0
-    accepted: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    notes: Counter[str] = field(default_factory=Counter)
+    counts: Stats = field(default_factory=Stats)
     examples: list[RowError] = field(default_factory=list)
 
     @property
+    def read(self) -> int:
+        return self.counts.read
+
+    @property
+    def accepted(self) -> int:
+        return self.counts.written
+
+    @property
     def rejected(self) -> int:
-        return sum(self.reasons.values())
+        return sum(self.counts.rejected.values())
+
+    @property
+    def reasons(self) -> Counter[str]:
+        return self.counts.rejected
+
+    @property
+    def notes(self) -> Counter[str]:
+        return self.counts.notes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,22 +85,23 @@ def validate_inputs(
 
     `InputError` when an input is missing or unreadable; nothing is left at `rejects` then.
     """
-    paths = resolve_inputs(inputs)
-    report = ValidationReport(files={str(p): detect_format(p, source) for p in paths})
+    formats = detect_formats(resolve_inputs(inputs), source)
+    report = ValidationReport(files={str(path): fmt for path, fmt in formats.items()})
+    counts = report.counts
     tmp = rejects.with_name(f".{rejects.name}.tmp-{os.getpid()}") if rejects is not None else None
     out = open(tmp, "w", encoding="utf-8") if tmp is not None else None
     try:
-        for item in progress(read_conversations(paths, source), desc="validate", enabled=show_progress):
-            report.read += 1
+        for item in progress(read_conversations(formats, source), desc="validate", enabled=show_progress):
+            counts.read += 1
             if isinstance(item, RowError):
-                report.reasons[item.reason] += 1
+                counts.rejected[item.reason] += 1
                 if len(report.examples) < max_examples:
                     report.examples.append(item)
                 if out is not None:
                     out.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
             else:
-                report.accepted += 1
-                report.notes.update(notes_for(item))
+                counts.written += 1
+                counts.notes.update(notes_for(item))
         if out is not None:
             out.close()
             os.replace(tmp, rejects)

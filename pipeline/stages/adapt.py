@@ -16,9 +16,11 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from pipeline.errors import RowError
+from pipeline.errors import Reason, RowError
 from pipeline.stages import json_text
+from pipeline.stages.row import Row
 from pipeline.stages.validate import check_conversation
+from pipeline.step import RowStep, Tally
 from schemas.records import Conversation, Message, ToolCall
 from schemas.sources import (
     AlpacaRecord,
@@ -49,7 +51,7 @@ REASONING_PARTS = {"reasoning", "thinking"}
 class Reject(Exception):
     """Raised inside an adapter; `to_conversation` turns it into a `RowError` with the record's provenance."""
 
-    def __init__(self, reason: str, field: str, message: str):
+    def __init__(self, reason: Reason, field: str, message: str):
         super().__init__(message)
         self.reason, self.field, self.message = reason, field, message
 
@@ -101,7 +103,7 @@ def detect_record_format(record: Any) -> str | None:
 
 
 # --- pieces shared by the adapters ----------------------------------------------------------------------------------
-def _json(text: str, reason: str, field: str, what: str) -> Any:
+def _json(text: str, reason: Reason, field: str, what: str) -> Any:
     try:
         return json_text.loads(text)
     except json_text.JsonProblem as problem:
@@ -113,25 +115,25 @@ def _arguments(value: Any, field: str) -> dict[str, Any]:
     if value is None or isinstance(value, str) and not value.strip():
         return {}
     if isinstance(value, str):
-        value = _json(value, "invalid_tool_arguments", field, "tool-call arguments")
+        value = _json(value, Reason.INVALID_TOOL_ARGUMENTS, field, "tool-call arguments")
     if not isinstance(value, dict):
-        raise Reject("invalid_tool_arguments", field, f"tool-call arguments must be a JSON object, got {type(value).__name__}")
+        raise Reject(Reason.INVALID_TOOL_ARGUMENTS, field, f"tool-call arguments must be a JSON object, got {type(value).__name__}")
     return value
 
 
 def _call(name: Any, arguments: Any, field: str, call_id: str | None = None) -> ToolCall:
     if not isinstance(name, str) or not name.strip():
-        raise Reject("invalid_tool_call", field, f"a tool call needs a non-empty string `name`, got {name!r}")
+        raise Reject(Reason.INVALID_TOOL_CALL, field, f"a tool call needs a non-empty string `name`, got {name!r}")
     return ToolCall(name=name, arguments=_arguments(arguments, f"{field}.arguments"), id=call_id)
 
 
 def _json_calls(value: Any, field: str) -> list[ToolCall]:
     """GLM/ShareGPT-style call(s): `{"name": ..., "arguments": ...}` or a list of them, as JSON text or parsed."""
     if isinstance(value, str):
-        value = _json(value, "invalid_tool_call", field, "a tool call")
+        value = _json(value, Reason.INVALID_TOOL_CALL, field, "a tool call")
     calls = value if isinstance(value, list) else [value]
     if not calls or not all(isinstance(c, dict) for c in calls):
-        raise Reject("invalid_tool_call", field, 'a tool call must be {"name": ..., "arguments": ...} or a list of them')
+        raise Reject(Reason.INVALID_TOOL_CALL, field, 'a tool call must be {"name": ..., "arguments": ...} or a list of them')
     return [_call(c.get("name"), c.get("arguments"), field) for c in calls]
 
 
@@ -146,18 +148,18 @@ def parse_tools(value: Any, field: str) -> tuple[dict[str, Any], ...] | None:
     if isinstance(value, str):
         if not value.strip():
             return None
-        value = _json(value, "invalid_tools", field, "tools")
+        value = _json(value, Reason.INVALID_TOOLS, field, "tools")
     if not isinstance(value, list):
-        raise Reject("invalid_tools", field, f"tools must be a list, got {type(value).__name__}")
+        raise Reject(Reason.INVALID_TOOLS, field, f"tools must be a list, got {type(value).__name__}")
     for i, tool in enumerate(value):
         if not isinstance(tool, dict):
-            raise Reject("invalid_tools", f"{field}.{i}", f"a tool must be an object, got {type(tool).__name__}")
+            raise Reject(Reason.INVALID_TOOLS, f"{field}.{i}", f"a tool must be an object, got {type(tool).__name__}")
         if tool.get("type") == "function":
             fn = tool.get("function")
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-                raise Reject("invalid_tools", f"{field}.{i}.function", "a function tool needs `function.name`")
+                raise Reject(Reason.INVALID_TOOLS, f"{field}.{i}.function", "a function tool needs `function.name`")
         elif "type" not in tool and not (isinstance(tool.get("name"), str) and tool["name"]):
-            raise Reject("invalid_tools", f"{field}.{i}", "a tool needs a `type` or a `name`")
+            raise Reject(Reason.INVALID_TOOLS, f"{field}.{i}", "a tool needs a `type` or a `name`")
     return tuple(value) or None
 
 
@@ -168,12 +170,12 @@ def _loss(loss: bool | None, weight: float | None, metadata: MessageMetadata | N
     said = [] if loss is None else [loss]
     if weight is not None:
         if weight not in (0, 1):
-            raise Reject("invalid_loss_weight", f"{field}.loss_weight", f"loss_weight must be 0 or 1, got {weight}")
+            raise Reject(Reason.INVALID_LOSS_WEIGHT, f"{field}.loss_weight", f"loss_weight must be 0 or 1, got {weight}")
         said.append(weight == 1)
     if metadata is not None and metadata.masked:
         said.append(False)
     if len(set(said)) > 1:
-        raise Reject("invalid_loss_weight", field, "loss, loss_weight and metadata.masked disagree")
+        raise Reject(Reason.INVALID_LOSS_WEIGHT, field, "loss, loss_weight and metadata.masked disagree")
     return said[0] if said else None
 
 
@@ -193,12 +195,12 @@ def _content(value: str | list[ContentPart] | None, field: str) -> tuple[str, st
         body = part.text if part.text is not None else part.value
         if part.type in TEXT_PARTS or part.type in REASONING_PARTS:
             if not isinstance(body, str):
-                raise Reject("wrong_type", f"{where}.value", f"a {part.type} part needs a string, got {type(body).__name__}")
+                raise Reject(Reason.WRONG_TYPE, f"{where}.value", f"a {part.type} part needs a string, got {type(body).__name__}")
             (texts if part.type in TEXT_PARTS else reasoning).append(body)
         elif part.type == "tool_call":
             calls.extend(_json_calls(body, f"{where}.value"))
         else:
-            raise Reject("unsupported_content", f"{where}.type", f"content part of type {part.type!r} is not supported (text only)")
+            raise Reject(Reason.UNSUPPORTED_CONTENT, f"{where}.type", f"content part of type {part.type!r} is not supported (text only)")
     return "".join(texts), "".join(reasoning) if reasoning else None, calls
 
 
@@ -215,7 +217,7 @@ def _add_call(out: list[Message], calls: list[ToolCall], loss: bool | None) -> N
 def _role(raw: str, field: str) -> str:
     role = ROLES.get(raw)
     if role is None:
-        raise Reject("unknown_role", field, f"unknown role {raw!r} (known: {', '.join(sorted(ROLES))}, function_call)")
+        raise Reject(Reason.UNKNOWN_ROLE, field, f"unknown role {raw!r} (known: {', '.join(sorted(ROLES))}, function_call)")
     return role
 
 
@@ -236,11 +238,11 @@ def _chat_messages(messages: list[ChatMessage], field: str) -> tuple[list[Messag
             continue
         at = f"{field}.{i}"
         if m.image is not None:
-            raise Reject("unsupported_content", f"{at}.image", "images are not supported (text only)")
+            raise Reject(Reason.UNSUPPORTED_CONTENT, f"{at}.image", "images are not supported (text only)")
         loss = _loss(m.loss, m.loss_weight, m.metadata, at)
         if m.tools is not None:
             if had_tools:
-                raise Reject("invalid_tools", f"{at}.tools", "tools may be given on one message only")
+                raise Reject(Reason.INVALID_TOOLS, f"{at}.tools", "tools may be given on one message only")
             had_tools = True
             tools = parse_tools(m.tools, f"{at}.tools")
         if m.role == "function_call":
@@ -258,7 +260,7 @@ def _chat_messages(messages: list[ChatMessage], field: str) -> tuple[list[Messag
         if m.function_call is not None:
             calls.append(_call(m.function_call.name, m.function_call.arguments, f"{at}.function_call"))
         if calls and role != "assistant":
-            raise Reject("invalid_tool_call", f"{at}.tool_calls", f"tool calls on a {m.role} message")
+            raise Reject(Reason.INVALID_TOOL_CALL, f"{at}.tool_calls", f"tool calls on a {m.role} message")
         out.append(Message(
             role=role, content=text, reasoning_content=m.reasoning_content if m.reasoning_content is not None else reasoning,
             tool_calls=tuple(calls) or None, name=m.name, tool_call_id=m.tool_call_id, loss=loss,
@@ -275,11 +277,11 @@ def adapt_glm(data: dict, source: SourceConfig) -> Adapted:
     key = "messages" if rec.messages is not None else "conversations"
     turns = rec.messages if rec.messages is not None else rec.conversations
     if turns is None:
-        raise Reject("missing_field", "messages", "a GLM record needs `messages` (GLM-4) or `conversations` (ChatGLM3)")
+        raise Reject(Reason.MISSING_FIELD, "messages", "a GLM record needs `messages` (GLM-4) or `conversations` (ChatGLM3)")
     messages, on_message, had = _chat_messages(turns, key)
     top = parse_tools(rec.tools, "tools")
     if had and rec.tools is not None:
-        raise Reject("invalid_tools", "tools", "tools given both on a message and at the top level")
+        raise Reject(Reason.INVALID_TOOLS, "tools", "tools given both on a message and at the top level")
     return messages, on_message if had else top
 
 
@@ -288,7 +290,7 @@ def adapt_openai(data: dict, source: SourceConfig) -> Adapted:
     messages, on_message, had = _chat_messages(rec.messages, "messages")
     given = [(name, v) for name, v in (("tools", rec.tools), ("functions", rec.functions)) if v is not None]
     if len(given) + had > 1:
-        raise Reject("invalid_tools", given[-1][0], "tools given in more than one place (tools, functions, a message)")
+        raise Reject(Reason.INVALID_TOOLS, given[-1][0], "tools given in more than one place (tools, functions, a message)")
     return messages, (parse_tools(given[0][1], given[0][0]) if given else on_message)
 
 
@@ -312,7 +314,7 @@ def adapt_sharegpt(data: dict, source: SourceConfig) -> Adapted:
                 if value is not None:
                     out.append(Message(role=role, content=value))
     else:
-        raise Reject("missing_field", "conversations", "a ShareGPT record needs `conversations` (or `conversation` pairs)")
+        raise Reject(Reason.MISSING_FIELD, "conversations", "a ShareGPT record needs `conversations` (or `conversation` pairs)")
     return out, parse_tools(rec.tools, "tools")
 
 
@@ -320,7 +322,7 @@ def adapt_alpaca(data: dict, source: SourceConfig) -> Adapted:
     rec = AlpacaRecord.model_validate(data)
     answer = rec.output if rec.output is not None else rec.response
     if answer is None:
-        raise Reject("missing_field", "output", "an alpaca record needs `output` (or `response`)")
+        raise Reject(Reason.MISSING_FIELD, "output", "an alpaca record needs `output` (or `response`)")
     prompt = rec.instruction if rec.instruction is not None else (rec.query or "")
     if rec.input and rec.input.strip():
         prompt = f"{prompt}{source.alpaca_input_separator}{rec.input}" if prompt.strip() else rec.input
@@ -339,7 +341,7 @@ def adapt_csv(data: dict, source: SourceConfig) -> Adapted:
     """A CSV row: a `messages` JSON column (plus an optional `tools` column), or the column map; every cell a string."""
     column = source.csv_messages_column
     if column is not None:
-        parsed = _json(data.get(column) or "", "invalid_json", column, f"column {column!r}")
+        parsed = _json(data.get(column) or "", Reason.INVALID_JSON, column, f"column {column!r}")
         record = dict(parsed) if isinstance(parsed, dict) else {"messages": parsed}
         if data.get("tools", "").strip() and "tools" not in record:
             record["tools"] = data["tools"]
@@ -382,18 +384,18 @@ def _from_validation(e: ValidationError) -> Reject:
     best = max(errors, key=lambda err: len(_loc(err["loc"])))
     field = _loc(best["loc"])
     if best["type"] == "missing":
-        return Reject("missing_field", field, "required field is missing")
+        return Reject(Reason.MISSING_FIELD, field, "required field is missing")
     got = type(best.get("input")).__name__
     parts = field.split(".")
     if parts[0] in ("tools", "functions") or len(parts) > 2 and parts[2] == "tools":
-        return Reject("invalid_tools", field, f"tools: {best['msg']} (got {got})")
-    return Reject("wrong_type", field, f"{best['msg']} (got {got})")
+        return Reject(Reason.INVALID_TOOLS, field, f"tools: {best['msg']} (got {got})")
+    return Reject(Reason.WRONG_TYPE, field, f"{best['msg']} (got {got})")
 
 
 def _media(data: dict) -> None:
     for key in MEDIA_KEYS:
         if data.get(key):
-            raise Reject("unsupported_content", key, f"`{key}` is not supported (text only)")
+            raise Reject(Reason.UNSUPPORTED_CONTENT, key, f"`{key}` is not supported (text only)")
 
 
 def to_conversation(record: Any, fmt: str, *, source: SourceConfig) -> Conversation | RowError:
@@ -402,15 +404,15 @@ def to_conversation(record: Any, fmt: str, *, source: SourceConfig) -> Conversat
     rid = record_id(data, source=record.source, row=record.row)
     extra = {"line": record.line} if record.line is not None else {}
 
-    def error(reason: str, field: str, message: str) -> RowError:
+    def error(reason: Reason, field: str, message: str) -> RowError:
         return RowError(record.source, record.row, reason, message, field=field, raw=data, id=rid, extra=extra)
 
     if not isinstance(data, dict):
-        return error("wrong_type", "", f"a record must be a JSON object, got {type(data).__name__}")
+        return error(Reason.WRONG_TYPE, "", f"a record must be a JSON object, got {type(data).__name__}")
     try:
         _media(data)
         if "id" in data and not (isinstance(data["id"], (str, int)) and not isinstance(data["id"], bool)):
-            raise Reject("wrong_type", "id", f"id must be a string or an integer, got {type(data['id']).__name__}")
+            raise Reject(Reason.WRONG_TYPE, "id", f"id must be a string or an integer, got {type(data['id']).__name__}")
         messages, tools = ADAPTERS[fmt](data, source)
     except Reject as r:
         return error(r.reason, r.field, r.message)
@@ -420,3 +422,21 @@ def to_conversation(record: Any, fmt: str, *, source: SourceConfig) -> Conversat
     conv = Conversation(id=rid, source=record.source, row=record.row, messages=tuple(messages), tools=tools)
     problem = check_conversation(conv)
     return conv if problem is None else error(*problem)
+
+
+class Adapt(RowStep):
+    """The adapt step: a record read by `ingest`, with its file's format, becomes a row, or is rejected with the
+    reason its adapter or a validation rule gives; a line `ingest` could not read is rejected as it is."""
+
+    name = "adapt"
+
+    def __init__(self, source: SourceConfig):
+        self.source = source
+
+    def row(self, item: tuple[Any, str], tally: Tally) -> Row | None:
+        record, fmt = item
+        conversation = record if isinstance(record, RowError) else to_conversation(record, fmt, source=self.source)
+        if isinstance(conversation, RowError):
+            tally.drop(conversation)
+            return None
+        return Row(conversation)

@@ -23,12 +23,12 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.errors import ConfigError, InputError, RowError
+from pipeline.errors import ConfigError, InputError, Reason, RowError
 from pipeline.outputs import is_tool_output
 from pipeline.stages import adapt, json_text
 from schemas.records import Conversation
@@ -376,7 +376,7 @@ def _json_record(s: _TextStream, source: str, row: int, line: int | None) -> Raw
     except json_text.JsonProblem as problem:
         raw = s.buf[s.value_start : s.pos]
         rid = adapt.record_id(raw, source=source, row=row)
-        return RowError(source, row, "invalid_json", str(problem), raw=raw, id=rid, extra={"line": line} if line else {})
+        return RowError(source, row, Reason.INVALID_JSON, str(problem), raw=raw, id=rid, extra={"line": line} if line else {})
     return RawRecord(source, row, value, line)
 
 
@@ -395,7 +395,7 @@ def _iter_jsonl(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
 
 def _bad_line(source: str, lineno: int, text: str, message: str) -> RowError:
     raw = text.rstrip("\r\n")
-    return RowError(source, lineno, "invalid_json", message, raw=raw, id=adapt.record_id(raw, source=source, row=lineno))
+    return RowError(source, lineno, Reason.INVALID_JSON, message, raw=raw, id=adapt.record_id(raw, source=source, row=lineno))
 
 
 def _csv_reader(path: Path, encoding: str) -> tuple[list[str], Any]:
@@ -427,14 +427,14 @@ def _iter_csv(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
         except StopIteration:
             return
         except csv.Error as e:
-            yield RowError(source, done + 1, "invalid_csv", f"bad CSV quoting: {e}")
+            yield RowError(source, done + 1, Reason.INVALID_CSV, f"bad CSV quoting: {e}")
             done = reader.line_num
             continue
         start, done = done + 1, reader.line_num
         if not cells:
             continue
         if len(cells) != len(header):
-            yield RowError(source, start, "invalid_csv", f"{len(cells)} fields, but the header has {len(header)}",
+            yield RowError(source, start, Reason.INVALID_CSV, f"{len(cells)} fields, but the header has {len(header)}",
                            raw=cells, id=adapt.record_id(cells, source=source, row=start))
             continue
         yield RawRecord(source, start, dict(zip(header, cells)))
@@ -520,24 +520,29 @@ def detect_format(path: Path, source: SourceConfig) -> str:
     return fmt
 
 
-def read_records(paths: Sequence[Path], source: SourceConfig) -> Iterator[tuple[RawRecord | RowError, str]]:
-    """One item per input record, files in the given order and records in file order, each with its file's format:
-    the parsed record, or the `RowError` of a line that is not one. Adapting them is left to the caller (a worker).
-    `InputError` when a file cannot be read (the items before it have been yielded)."""
-    for path in paths:
-        fmt = detect_format(path, source)
+def detect_formats(paths: Sequence[Path], source: SourceConfig) -> dict[Path, str]:
+    """Each file's format (`detect_format`), detected once per run: readers take them from here."""
+    return {path: detect_format(path, source) for path in paths}
+
+
+def read_records(files: Mapping[Path, str], source: SourceConfig) -> Iterator[tuple[RawRecord | RowError, str]]:
+    """One item per input record, files in the given order and records in file order, each with its file's format
+    (`files`: from `detect_formats`): the parsed record, or the `RowError` of a line that is not one. Adapting them
+    is left to the caller (a worker). `InputError` when a file cannot be read (the items before it have been
+    yielded)."""
+    for path, fmt in files.items():
         for item in iter_records(path, source):
             yield item, fmt
 
 
-def read_conversations(paths: Sequence[Path], source: SourceConfig) -> Iterator[Conversation | RowError]:
-    """One item per input record, files in the given order and records in file order: a validated `Conversation`,
-    or the `RowError` that rejects the record (bad line, adapter error, or a rule of `pipeline.stages.validate`).
+def read_conversations(files: Mapping[Path, str], source: SourceConfig) -> Iterator[Conversation | RowError]:
+    """One item per input record of `files` (as `read_records` takes them): a validated `Conversation`, or the
+    `RowError` that rejects the record (bad line, adapter error, or a rule of `pipeline.stages.validate`).
 
     Callers count `read` as the number of items, so `read == accepted + rejected` holds by construction.
     `InputError` when a file cannot be read (the items before it have been yielded).
     """
-    for item, fmt in read_records(paths, source):
+    for item, fmt in read_records(files, source):
         yield to_conversation(item, fmt, source)
 
 

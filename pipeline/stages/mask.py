@@ -8,14 +8,17 @@ where trained, else -100 (the model shifts).
 from __future__ import annotations
 
 import bisect
+from abc import abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.encoders.base import Encoded
 from pipeline.encoders.token_spans import TokenSpans
 from pipeline.shards.format import IGNORE_INDEX
-from pipeline.stages.render import Rendered
+from pipeline.stages.row import Rendered, Row
+from pipeline.step import RowStep, Tally
 from schemas.config import MaskConfig
 from schemas.records import Conversation
 
@@ -90,3 +93,67 @@ def _mark_end_of_turn(trained: np.ndarray, input_ids: np.ndarray, start: int, li
         if input_ids[position] in special_ids:
             trained[start : position + 1] = True
             return
+
+
+class ChooseTrained(RowStep):
+    """The step that chooses the messages whose text the mask takes from the rendering, so that the renderer must
+    find them verbatim: under the default preset, the trained messages (`trained_messages`); none otherwise (a preset
+    labels from tokens, and `train_on_prompt` trains everything)."""
+
+    name = "choose_trained"
+
+    def __init__(self, policy: MaskConfig):
+        self.policy = policy
+
+    def of(self, conversation: Conversation) -> frozenset[int]:
+        if self.policy.preset != "default" or self.policy.train_on_prompt:
+            return frozenset()
+        return frozenset(trained_messages(conversation, self.policy))
+
+    def row(self, row: Row, tally: Tally) -> Row:
+        row.trained = self.of(row.conversation)
+        return row
+
+
+class Label(RowStep):
+    """A step that sets each row's labels from its rendering and tokens: the default mask, or a preset's."""
+
+    def row(self, row: Row, tally: Tally) -> Row:
+        row.labels = self.labels(row.rendered, row.encoded, row.trained)
+        return row
+
+    @abstractmethod
+    def labels(self, rendered: Rendered, encoded: Encoded, trained: frozenset[int]) -> np.ndarray:
+        """Labels for one tokenized rendering; `trained`: the messages `ChooseTrained` chose."""
+
+
+class Mask(Label):
+    """The default mask: the chosen messages' text and end-of-turn tokens trained (`message_regions`), or every
+    token under `train_on_prompt`. `special_ids`: the tokens that can end a turn."""
+
+    name = "mask"
+
+    def __init__(self, policy: MaskConfig, *, special_ids: frozenset[int]):
+        self.policy = policy
+        self.special_ids = special_ids
+
+    def labels(self, rendered: Rendered, encoded: Encoded, trained: frozenset[int]) -> np.ndarray:
+        if self.policy.train_on_prompt:
+            return token_labels(encoded.input_ids, encoded.spans, rendered, [], special_ids=self.special_ids,
+                                train_everything=True)
+        regions = message_regions(rendered, trained, train_eot=self.policy.train_end_of_turn)
+        return token_labels(encoded.input_ids, encoded.spans, rendered, regions, special_ids=self.special_ids)
+
+
+class AppendEos(RowStep):
+    """`mask.append_eos`: the tokenizer's eos appended to every sample, and trained."""
+
+    name = "append_eos"
+
+    def __init__(self, eos_id: int):
+        self.eos_id = eos_id
+
+    def row(self, row: Row, tally: Tally) -> Row:
+        row.input_ids = np.append(row.input_ids, self.eos_id)
+        row.labels = np.append(row.labels, self.eos_id).astype(np.int32)
+        return row

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.encoders.base import Encoded
+from pipeline.errors import Reason, RowError
 from pipeline.shards.format import IGNORE_INDEX
+from pipeline.stages.mask import Label
 from pipeline.stages.render import Renderer
+from pipeline.stages.render_limits import render_timer
+from pipeline.stages.row import Rendered, Row
+from pipeline.stages.tokenize import Encoder
+from pipeline.step import Step, Tally
+from schemas.config import MaskConfig
 from schemas.records import Conversation
 
 GLM4_PREFIX = ("[gMASK]", "<sop>")
@@ -24,6 +32,39 @@ def glm4_messages(renderer: Renderer, conversation: Conversation) -> list[dict]:
         if message["role"] == "system" and "tools" in message:
             message["tools"] = [_without_null_properties(tool) for tool in message["tools"]]
     return messages
+
+
+class Glm4Preset(Step):
+    """The `glm4` preset step: each row's tokens and labels as GLM-4's `process_batch` builds them (`glm4_rows`),
+    in place of the whole-conversation rendering the steps before made (kept only to compare with: a row whose
+    per-message tokens differ is written as GLM-4 would, with a remark). A batch step: the per-message texts of the
+    whole batch are encoded at once."""
+
+    name = "glm4"
+
+    def __init__(self, renderer: Renderer, tokenizer, encode: Encoder):
+        self.renderer, self.tokenizer, self.encode = renderer, tokenizer, encode
+
+    def process(self, items: list[Row], tally: Tally) -> list[Row]:
+        passed = []
+        with render_timer():
+            rows = glm4_rows(self.renderer, self.tokenizer, self.encode, [row.conversation for row in items])
+        for row, built in zip(items, rows):
+            if isinstance(built, Exception):
+                message = f"the chat template refused a message rendered alone (the glm4 preset's rendering): {built}"
+                tally.drop(RowError.of(row.conversation, Reason.TEMPLATE_ERROR, "messages", message))
+                continue
+            row.input_ids, row.labels = built
+            if not np.array_equal(row.input_ids[:-1], row.encoded.input_ids):
+                tally.warn(RowError.of(
+                    row.conversation,
+                    Reason.GLM4_PER_MESSAGE_DIFFERS,
+                    "messages",
+                    "GLM-4's per-message tokens differ from the whole-conversation rendering; the glm4 preset "
+                    "writes GLM-4's per-message tokens (the default preset writes the exact rendering)",
+                ))
+            passed.append(row)
+        return passed
 
 
 def _without_null_properties(tool: dict) -> dict:
@@ -69,6 +110,23 @@ def _render_each(renderer: Renderer, messages: list[dict]) -> list[str] | Except
         return [renderer.render_messages([m], None) for m in messages]
     except Exception as exc:  # noqa: BLE001 - a template error or a rendering limit, on this row's data
         return exc
+
+
+class TrlCompletionMask(Label):
+    """The `trl_completion_only` preset step: labels from the response (and instruction) template ids, as TRL's
+    collator sets them on the tokens (`trl_completion_labels`)."""
+
+    name = "trl_completion_only"
+
+    def __init__(self, policy: MaskConfig, tokenizer):
+        encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+        self.response_ids = encode(policy.response_template) if policy.response_template else None
+        self.instruction_ids = encode(policy.instruction_template) if policy.instruction_template else None
+        self.pad_id = tokenizer.pad_token_id
+
+    def labels(self, rendered: Rendered, encoded: Encoded, trained: frozenset[int]) -> np.ndarray:
+        return trl_completion_labels(encoded.input_ids, response_ids=self.response_ids,
+                                     instruction_ids=self.instruction_ids, pad_id=self.pad_id)
 
 
 def trl_completion_labels(

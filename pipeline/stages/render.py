@@ -17,15 +17,17 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from functools import lru_cache
 
 from jinja2 import nodes
 from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields, _compile_jinja_template
 
-from pipeline.errors import ConfigError, RowError
-from pipeline.stages.render_limits import RenderLimitExceeded, RenderLimits, bound_operators
+from pipeline.errors import ConfigError, Reason, RowError
+from pipeline.stages.render_limits import RenderLimitExceeded, RenderLimits, bound_operators, render_timer
+from pipeline.stages.row import Rendered, Row, Span
+from pipeline.step import Step, Tally
 from pipeline.templates.flow import copies_text_verbatim
 from schemas.config import RenderConfig
 from schemas.records import Conversation, Message
@@ -36,25 +38,6 @@ FIXED_DATE = datetime(2024, 1, 1)
 """What `strftime_now` returns inside templates, so that renderings are reproducible."""
 
 _MESSAGE_TOOLS = re.compile(r"(?:message|item|msg|m)\s*(?:\[\s*['\"]tools['\"]\s*\]|\.tools\b)")
-
-
-class Span(NamedTuple):
-    """Characters [start, end) of the rendered text that hold one trainable piece of message `message`. A named
-    tuple: a conversation makes a dozen or more, and a tuple is built in a third of a frozen dataclass's time."""
-
-    message: int
-    kind: str  # "content" | "reasoning" | "tool_name" | "opening" (template text before the first piece)
-    start: int
-    end: int
-    piece: int = -1  # which wrapped piece (sentinel number); -1 for openings
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """One conversation's rendered text and the spans of its trainable pieces, in message order."""
-
-    text: str
-    spans: tuple[Span, ...]
 
 
 @dataclass(frozen=True)
@@ -341,17 +324,33 @@ def _check_spans(conversation: Conversation, text: str, spans: list[Span], piece
 
 
 def _template_error(conversation: Conversation, message: str, field_path: str = "messages") -> RowError:
-    return RowError(
-        source=conversation.source,
-        row=conversation.row,
-        id=conversation.id,
-        reason="template_error",
-        field=field_path,
-        message=message,
-    )
+    return RowError.of(conversation, Reason.TEMPLATE_ERROR, field_path, message)
 
 
 def holds_reserved_characters(text: str) -> bool:
     """True when the data itself holds a sentinel character (it would corrupt the spans). Three substring checks:
     a text with no character beyond U+FFFF (almost all) cannot hold one, and `in` answers that at once."""
     return OPEN in text or CLOSE in text or END in text
+
+
+class Render(Step):
+    """The render step: each row's conversation rendered once, its trained messages found verbatim in the text;
+    a row the template refuses is rejected (`template_error`). The batch's renderings share one timer
+    (`render_timer`)."""
+
+    name = "render"
+
+    def __init__(self, renderer: Renderer):
+        self.renderer = renderer
+
+    def process(self, items: list[Row], tally: Tally) -> list[Row]:
+        passed = []
+        with render_timer():
+            for row in items:
+                try:
+                    row.rendered = self.renderer(row.conversation, row.trained)
+                except RowError as error:
+                    tally.drop(error)
+                    continue
+                passed.append(row)
+        return passed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.commands.validate import validate_inputs
+import pipeline.stages.ingest as ingest
 from pipeline.errors import InputError
-from pipeline.stages.ingest import read_conversations
+from pipeline.stages.ingest import detect_formats, read_conversations
 from schemas.sources import SourceConfig
 from tests.conftest import shared_path
 from tests.containers import CONTAINERS, LIMIT_ROWS, write_records
@@ -45,6 +47,13 @@ def test_validate_inputs_counts_and_rejects_file(tmp_path):
     assert re.search(r"^  wrong_type +3$", text, re.M) and "rejected by reason:" in text
     summary = report.to_json()
     assert summary["reasons"] == {r: list(MESSY.values()).count(r) for r in set(MESSY.values())}
+
+
+def test_validate_inputs_opens_each_file_once_to_detect_its_format_and_once_for_its_rows(monkeypatch):
+    opened, real_open = Counter(), ingest._open
+    monkeypatch.setattr(ingest, "_open", lambda path: (opened.update([path.name]), real_open(path))[1])
+    report = validate_inputs([str(DATA / "messy.jsonl")], SRC)
+    assert report.read == 10 and opened == {"messy.jsonl": 2}
 
 
 def test_validate_inputs_leaves_no_rejects_file_when_a_file_is_unreadable(tmp_path):
@@ -185,13 +194,13 @@ def test_corpus_llamafactory_messages():
     rows = load(v1)
     check(v1, {}, "openai")
     masked = sum(m["loss_weight"] == 0 for r in rows for m in r["messages"])
-    got = list(read_conversations([v1], SRC))
+    got = list(read_conversations(detect_formats([v1], SRC), SRC))
     assert sum(m.loss is False for c in got for m in c.messages) == masked
     reason = shared_path("corpora", "llamafactory_data", "reason_tool_use_demo_50.jsonl")
     rows = load(reason)
     check(reason, {}, "openai")
     calls = sum(p["type"] == "tool_call" for r in rows for m in r["messages"] for p in m["content"])
-    assert sum(len(m.tool_calls or ()) for c in read_conversations([reason], SRC) for m in c.messages) == calls
+    assert sum(len(m.tool_calls or ()) for c in read_conversations(detect_formats([reason], SRC), SRC) for m in c.messages) == calls
     mllm = shared_path("corpora", "llamafactory_data", "mllm_demo.json")
     check(mllm, {"unsupported_content": sum(bool(r.get("images")) for r in load(mllm))}, "openai")
 
@@ -244,5 +253,5 @@ def test_corpus_ms_swift_and_torchtune_and_axolotl():
 
 def test_corpus_ms_swift_csv_keeps_numeric_looking_cells():
     path = shared_path("corpora", "ms_swift_test_data", "alpaca.csv")
-    first = next(iter(read_conversations([path], SRC)))
+    first = next(iter(read_conversations(detect_formats([path], SRC), SRC)))
     assert [(m.role, m.content) for m in first.messages] == [("system", "00000"), ("user", "11111\n\n22222"), ("assistant", "3.3")]

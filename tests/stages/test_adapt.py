@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.errors import RowError
 from pipeline.stages.adapt import detect_record_format, record_id, to_conversation
-from pipeline.stages.ingest import RawRecord, read_conversations
+from pipeline.stages.ingest import RawRecord, detect_formats, read_conversations
 from schemas.records import Conversation, Message, ToolCall
 from schemas.sources import SourceConfig
 
@@ -40,7 +40,7 @@ QA = (("user", "q"), ("assistant", "a"))
 
 
 def from_file(name: str, source: SourceConfig = SRC) -> list[Conversation | RowError]:
-    return list(read_conversations([DATA / name], source))
+    return list(read_conversations(detect_formats([DATA / name], source), source))
 
 
 # --- ids ------------------------------------------------------------------------------------------------------------

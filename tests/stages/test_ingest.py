@@ -17,6 +17,7 @@ from pipeline.stages.ingest import (
     _CHUNK,
     RawRecord,
     detect_format,
+    detect_formats,
     iter_records,
     parse_csv_map,
     read_conversations,
@@ -121,7 +122,7 @@ def test_jsonl_gz_and_crlf(tmp_path):
     with gzip.open(path, "wt", encoding="utf-8", newline="") as f:
         f.write(json.dumps(CHAT) + "\r\n" + json.dumps(CHAT) + "\r\n")
     assert [r.row for r in records(path)] == [1, 2]
-    assert all(isinstance(c, Conversation) for c in read_conversations([path], SRC))
+    assert all(isinstance(c, Conversation) for c in read_conversations(detect_formats([path], SRC), SRC))
 
 
 def test_truncated_gzip_is_an_input_error(tmp_path):
@@ -135,7 +136,7 @@ def test_truncated_gzip_is_an_input_error(tmp_path):
 def test_ten_megabyte_line_works_and_a_bad_one_keeps_its_line_number(tmp_path):
     big = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x" * 10_000_000}]}
     path = write(tmp_path / "big.jsonl", json.dumps(CHAT) + "\n" + json.dumps(big) + "\n" + json.dumps(big)[:-1] + "\n")
-    items = list(read_conversations([path], SRC))
+    items = list(read_conversations(detect_formats([path], SRC), SRC))
     assert isinstance(items[1], Conversation) and len(items[1].messages[1].content) == 10_000_000
     assert isinstance(items[2], RowError) and (items[2].row, items[2].reason) == (3, "invalid_json")
 
@@ -152,7 +153,7 @@ def test_a_lone_surrogate_escape_is_a_bad_row_not_a_crash(tmp_path, layout):
     text = {"jsonl": f"{pair}\n{LONE_SURROGATE}\n", "array": f"[{pair},\n{LONE_SURROGATE}]",
             "array across a refill": f"[{padded},\n{LONE_SURROGATE}]", "object": LONE_SURROGATE}[layout]
     path = write(tmp_path / f"x.{'jsonl' if layout == 'jsonl' else 'json'}", text)
-    items = list(read_conversations([path], SRC))
+    items = list(read_conversations(detect_formats([path], SRC), SRC))
     bad = items[-1]
     assert isinstance(bad, RowError) and bad.reason == "invalid_json" and "surrogate" in bad.message
     assert bad.row == (1 if layout == "object" else 2)
@@ -178,7 +179,7 @@ def _read_in(tmp_path, monkeypatch, rows: list[str], kind: str) -> tuple[Path, l
         monkeypatch.setattr(ingest, "_CHUNK", 7)
         kind = "json"
     path = write_records(tmp_path, "rows", rows, kind)
-    return path, list(read_conversations([path], SOURCE))
+    return path, list(read_conversations(detect_formats([path], SOURCE), SOURCE))
 
 
 @pytest.mark.parametrize("kind", CONTAINERS)
@@ -401,7 +402,7 @@ def test_parse_csv_map():
 # --- accounting -----------------------------------------------------------------------------------------------------
 def test_read_conversations_one_item_per_record_in_file_order():
     paths = [DATA / "messy.jsonl", DATA / "alpaca_history.jsonl"]
-    items = list(read_conversations(paths, SRC))
+    items = list(read_conversations(detect_formats(paths, SRC), SRC))
     lines = [i + 1 for i, line in enumerate((DATA / "messy.jsonl").read_text().splitlines()) if line.strip()]
     assert [(it.source, it.row) for it in items] == [(str(paths[0]), n) for n in lines] + [(str(paths[1]), n) for n in (1, 2, 3)]
 
@@ -433,7 +434,8 @@ def test_read_equals_accepted_plus_rejected(lines):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mix.jsonl"
         path.write_text("\n".join(text) + "\n", encoding="utf-8")
-        items = list(read_conversations([path], SourceConfig(format="openai")))
+        source = SourceConfig(format="openai")
+        items = list(read_conversations(detect_formats([path], source), source))
     rejected = [it for it in items if isinstance(it, RowError)]
     accepted = [it for it in items if isinstance(it, Conversation)]
     assert len(items) == len(accepted) + len(rejected)

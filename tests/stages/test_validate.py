@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.stages.validate import REASONS, check_conversation, notes_for
+from pipeline.errors import Kind
+from pipeline.stages.validate import check_conversation, notes_for
 from schemas.records import Conversation, Message, ToolCall
 
 
@@ -35,7 +36,7 @@ def test_rules(messages, reason):
     problem = check_conversation(conv(*messages))
     assert (problem[0] if problem else None) == reason
     if problem:
-        assert problem[0] in REASONS
+        assert problem[0].kind is Kind.REJECTED
 
 
 def test_notes():
@@ -44,3 +45,4 @@ def test_notes():
     assert notes_for(conv(U(), U(), A(), A())) == ["consecutive_same_role"]
     assert notes_for(conv(U(""), A("", tool_calls=CALL))) == ["ends_with_tool_call", "empty_user_turn"]
     assert notes_for(conv(U(), S(), A())) == ["system_not_first"]
+    assert all(note.kind is Kind.NOTED for note in notes_for(conv(U(""), U(), S(), A("", tool_calls=CALL))))
