@@ -124,3 +124,25 @@ def test_ctrl_c_exits_130_and_a_rerun_resumes(tmp_path, chats, monkeypatch):
     assert result.output.strip() == "interrupted; rerun with the same arguments to resume"
     resumed = CliRunner().invoke(main, args)
     assert resumed.exit_code == 0 and "written 5" in resumed.output, resumed.output
+
+
+def _imports_of(tmp_path: Path, *args: str) -> list[str]:
+    """The modules a `python -m pipeline ...` run imports, from `-X importtime` (stderr), in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+
+
+def test_preprocess_and_check_do_not_import_torch(tmp_path):
+    rows = tmp_path / "one.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    preprocess = _imports_of(tmp_path, "preprocess", str(rows), "--tokenizer", str(DEMO_TOKENIZER), "--out", "out")
+    check = _imports_of(tmp_path, "check", "out")
+    assert "transformers" in preprocess and "pyarrow" in check  # the listing is read right
+    assert "torch" not in preprocess and "torch" not in check

@@ -15,7 +15,6 @@ Two criteria worth knowing:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,10 +24,11 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from pipeline.encoders.hf import component_json
 from pipeline.errors import InputError
 from pipeline.shards.writer import MANIFEST, read_manifest, sha256_file
 from pipeline.stages.mask import IGNORE_INDEX
-from pipeline.tokenizer import special_token_ids
+from pipeline.tokenizer import from_pretrained, special_token_ids
 from schemas.check_config import CheckConfig
 from schemas.config import TruncationConfig
 
@@ -185,12 +185,10 @@ def open_output(path: Path) -> Output:
 
 
 def _load_tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
     if not (path / "tokenizer.json").is_file():
         raise InputError(f"{path}: the tokenizer saved beside the shards is missing (tokenizer.json)")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return from_pretrained(str(path))
     except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
         raise InputError(f"{path}: cannot load the saved tokenizer: {exc}") from None
 
@@ -210,7 +208,7 @@ def row_arrays(batch: pa.RecordBatch, column: str) -> tuple[np.ndarray, np.ndarr
 
 
 def is_byte_level(tokenizer) -> bool:
-    decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+    decoder = component_json(tokenizer.backend_tokenizer.decoder) or {}
     parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
     return any(p.get("type") == "ByteLevel" for p in parts)
 
