@@ -12,11 +12,15 @@ from typing import Any
 
 from schemas.errors import ConfigError, PipelineError
 
-__all__ = ["ConfigError", "InputError", "OutputError", "PipelineError", "RowError"]
+__all__ = ["ConfigError", "InputError", "OptionError", "OutputError", "PipelineError", "RowError"]
 
 
 class InputError(PipelineError):
     """An input file cannot be read at all (missing, undecodable container, unknown format)."""
+
+
+class OptionError(PipelineError):
+    """An option asks for what the data does not hold (a split, a row index, a row id): a usage error."""
 
 
 class OutputError(PipelineError):

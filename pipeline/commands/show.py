@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.commands.check import Output, RowSample, iter_batches, open_output
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, OptionError
 from pipeline.stages.mask import IGNORE_INDEX
 
 OPEN, CLOSE = "[[", "]]"
@@ -24,27 +24,27 @@ def find_row(output: Output, *, split: str | None = None, index: int | None = No
     """The row at `index` of `split` (default train), or the row whose `id` is `row_id` (in `split`, or any split)."""
     splits = list(output.shards)
     if split is not None and split not in output.shards:
-        raise PipelineError(f"--split: no split {split!r} in {output.path} (it has: {', '.join(splits) or 'none'})")
+        raise OptionError(f"--split: no split {split!r} in {output.path} (it has: {', '.join(splits) or 'none'})")
     if row_id is not None:
         for name in [split] if split else splits:
             found = _row_with_id(output, name, row_id)
             if found is not None:
                 return found
-        raise PipelineError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {output.path}")
+        raise OptionError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {output.path}")
     split = split or ("train" if "train" in output.shards else splits[0] if splits else None)
     if split is None:
-        raise PipelineError(f"{output.path} holds no rows")
+        raise InputError(f"{output.path} holds no rows")
     rows = sum(int(entry["rows"]) for _, entry in output.shards[split])
     index = 0 if index is None else index
     if not 0 <= index < rows:
-        raise PipelineError(f"--index: {index} is out of range: split {split!r} has {rows} rows (0..{rows - 1})")
+        raise OptionError(f"--index: {index} is out of range: split {split!r} has {rows} rows (0..{rows - 1})")
     start = 0
     for path, entry in output.shards[split]:
         if index < start + int(entry["rows"]):
             table = pa.Table.from_batches(list(iter_batches(path)))
             return _row(table, index - start, split=split, index=index)
         start += int(entry["rows"])
-    raise PipelineError(f"--index: {index} not found in the shards of {split!r}")  # the manifest over-counts
+    raise InputError(f"--index: {index} not found in the shards of {split!r}")  # the manifest over-counts
 
 
 def _row_with_id(output: Output, split: str, row_id: str) -> RowSample | None:
