@@ -307,7 +307,7 @@ otherwise. --ids adds a table of position, token id, label and token text.
 Examples:
   python -m pipeline show out/shards                       # the first train row
   python -m pipeline show out/shards --split eval --index 3 --ids
-  python -m pipeline show out/shards --id 37a5d2e9d7efcb3a | less -R
+  python -m pipeline show out/shards --id 1bf8d80967f3ff78 | less -R
 """
 
 
