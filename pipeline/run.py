@@ -44,7 +44,7 @@ from pipeline.shards.writer import (
 from pipeline.stages.ingest import RawRecord, detect_format, find_inputs, read_records, to_conversation
 from pipeline.stages.mask import message_regions, token_labels, trained_messages
 from pipeline.stages.presets import glm4_rows, trl_completion_labels
-from pipeline.stages.render import Rendered, Renderer, holds_reserved_characters, renderer_args
+from pipeline.stages.render import Rendered, Renderer, holds_reserved_characters, renderer_args, template_name
 from pipeline.stages.render_limits import RenderLimits, render_timer
 from pipeline.stages.text_fields import field_path, template_strings
 from pipeline.stages.truncate import apply_limit, drop_oldest_turn
@@ -204,6 +204,7 @@ class Processor:
             if remark := self._added_token_remark(item, texts):
                 remarks.append(remark)
         if admitted:
+            self.renderer.check_single_rendering(admitted, template_name(self.config.render))
             trained = [self._checked_messages(c) for c in admitted]
             rendered = [_render_or_error(self.renderer, c, t) for c, t in zip(admitted, trained)]
             self._process_batch(admitted, trained, rendered, result)
