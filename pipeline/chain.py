@@ -18,7 +18,7 @@ from pipeline.stages.adapt import Adapt
 from pipeline.stages.content import ContentCheck
 from pipeline.stages.mask import AppendEos, ChooseTrained, Label, Mask
 from pipeline.stages.presets import Glm4Preset, TrlCompletionMask
-from pipeline.stages.render import Render, Renderer, renderer_args
+from pipeline.stages.render import Render, Renderer, renderer_args, template_name
 from pipeline.stages.render_limits import RenderLimits
 from pipeline.stages.split import Split
 from pipeline.stages.tokenize import Encoder, Tokenize
@@ -58,7 +58,7 @@ def build_chain(config: PreprocessConfig, toolkit: Toolkit) -> Chain:
         ContentCheck(toolkit.tokenizer, toolkit.template,
                      allow_special_tokens=config.render.allow_special_tokens_in_content),
         choose,
-        Render(toolkit.renderer),
+        Render(toolkit.renderer, template_name=template_name(config.render)),
         Tokenize(toolkit.encode),
     ]
     limit = truncation.limit(mask.preset)

@@ -1,13 +1,18 @@
 """The command line: parse options, load a config model, call one library function, map errors to exit codes."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
 import click
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from pipeline import __version__
+from schemas.config import PreprocessConfig
+from schemas.train_config import TrainConfig
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -17,15 +22,15 @@ def main() -> None:
 
     \b
     Typical use:
-      python -m pipeline validate data/*.jsonl
-      python -m pipeline preprocess data/ --tokenizer data/tokenizer --out out/shards
+      python -m pipeline validate data/samples/
+      python -m pipeline preprocess data/samples/ --tokenizer data/tokenizer --out out/shards
       python -m pipeline check out/shards
       python -m pipeline train --data out/shards --out out/run
     """
 
 
-class _Unreadable(click.ClickException):
-    """An input, output directory or config that cannot be used at all: exit 2, like a usage error."""
+class _Unusable(click.ClickException):
+    """Options, an input, an output directory or a config that cannot be used at all: exit 2, like a usage error."""
 
     exit_code = 2
 
@@ -34,23 +39,60 @@ INTERRUPTED = 130  # the shells' code for a process ended by Ctrl-C (128 + SIGIN
 
 
 @contextmanager
-def _exit_codes(on_interrupt: str) -> Iterator[None]:
-    """One mapping from errors to exit codes, each shown as `Error: ...` without a traceback: 2 for unusable options,
-    inputs or output directories; 1 for a run that failed (a file that could not be read or written midway among
-    them); 130 for Ctrl-C, with `on_interrupt` saying how to go on."""
-    from pipeline.errors import ConfigError, InputError, OutputError, PipelineError
+def _exit_codes(on_interrupt: str | None = None) -> Iterator[None]:
+    """The one mapping from errors to exit codes, used by every command (as a decorator), each error shown as
+    `Error: ...` without a traceback: 2 for unusable options, inputs or output directories; 1 for a run that failed
+    (a file that could not be read or written midway among them); 130 for Ctrl-C, with `on_interrupt` saying how
+    to go on."""
+    from pipeline.errors import ConfigError, InputError, OptionError, OutputError, PipelineError
 
     try:
         yield
-    except (ConfigError, InputError, OutputError) as e:
-        raise _Unreadable(str(e)) from None
+    except (ConfigError, InputError, OptionError, OutputError) as e:
+        raise _Unusable(str(e)) from None
     except PipelineError as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
     except KeyboardInterrupt:
-        click.echo(f"interrupted; {on_interrupt}", err=True)
+        click.echo(f"interrupted; {on_interrupt}" if on_interrupt else "interrupted", err=True)
         raise click.exceptions.Exit(INTERRUPTED) from None
+
+
+# --- options read from the schema -----------------------------------------------------------------------------------
+def _schema_option(flag: str, help_: str, model: type[BaseModel] | None, field: str, name: str | None = None, **kw):
+    """An option whose default is None, so only flags actually given override the config file. For a field of
+    `model`, a Literal's values are its choices and the help ends with the field's default, both read from the
+    schema (where they live), or says the field is required."""
+    info = model.model_fields[field] if model is not None else None
+    if info is not None:
+        if get_origin(info.annotation) is Literal:
+            kw.setdefault("type", click.Choice(get_args(info.annotation)))
+        help_ += " [required]" if info.default is PydanticUndefined else f" [default: {_as_flag_value(info.default)}]"
+    return click.option(flag, *([name] if name else []), default=None, help=help_.strip(), **kw)
+
+
+def _as_flag_value(value: Any) -> str:
+    """A default as one would write it: true/false, none, a comma-separated list, ROLE=COL pairs."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _config_option(flag: str, key: str, help_: str, **kw):
+    """A preprocess option for the config key `key` (`section.field`); its value arrives as `section__field`."""
+    section, field = key.split(".")
+    return _schema_option(flag, help_, PreprocessConfig.model_fields[section].annotation, field,
+                          name=key.replace(".", "__"), **kw)
+
+
+def _overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given, as dotted config keys (`source.format`)."""
+    return {name.replace("__", "."): value for name, value in options.items() if value is not None}
 
 
 def _csv_map_option(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
@@ -61,6 +103,21 @@ def _csv_map_option(ctx: click.Context, param: click.Parameter, value: str | Non
         return parse_csv_map(value) if value is not None else None
     except ConfigError as e:
         raise click.BadParameter("; ".join(e.problems)) from None
+
+
+def _source_options(command: Callable) -> Callable:
+    """How the input files are read: the options `validate` and `preprocess` share."""
+    options = [
+        _config_option("--format", "source.format", "Input format; auto detects it per file from the first record."),
+        _config_option("--csv-map", "source.csv_map", "CSV columns per role.", callback=_csv_map_option,
+                       metavar="ROLE=COL,..."),
+        _config_option("--csv-messages-column", "source.csv_messages_column",
+                       "A CSV column holding a `messages` JSON string.", metavar="COL"),
+        _config_option("--encoding", "source.encoding", "Text encoding of the inputs (e.g. gb18030)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 # --- validate ------------------------------------------------------------------------------------------------------
@@ -74,7 +131,7 @@ Exit status: 0 all rows accepted, 1 some rows rejected, 2 unusable arguments or 
 \b
 Examples:
   python -m pipeline validate data/samples/
-  python -m pipeline validate 'data/*.jsonl' --rejects out/rejects.jsonl
+  python -m pipeline validate 'data/samples/*.jsonl' --rejects out/rejects.jsonl
   python -m pipeline validate qa.csv --csv-map system=sys,user=prompt,assistant=answer
   python -m pipeline validate export.csv --csv-messages-column messages --encoding gb18030
   python -m pipeline validate train.json --format sharegpt --json | jq .reasons
@@ -83,34 +140,22 @@ Examples:
 
 @main.command("validate", help=_VALIDATE_HELP)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("--format", "fmt", type=click.Choice(["auto", "glm", "openai", "sharegpt", "alpaca", "csv"]),
-              default="auto", show_default=True, help="Input format; auto detects it per file from the first record.")
-@click.option("--csv-map", callback=_csv_map_option, metavar="ROLE=COL,...",
-              help="CSV columns per role [default: system=system,user=question,assistant=chosen].")
-@click.option("--csv-messages-column", metavar="COL", help="A CSV column holding a `messages` JSON string.")
-@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of the inputs (e.g. gb18030).")
+@_source_options
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), help="Write every rejected row here (JSONL).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (read, accepted, rejected, reasons, files).")
 @click.option("--max-errors", default=10, show_default=True, help="How many errors to show.")
 @click.pass_context
-def validate_command(ctx, inputs, fmt, csv_map, csv_messages_column, encoding, rejects, as_json, max_errors) -> None:
+@_exit_codes()
+def validate_command(ctx, inputs, rejects, as_json, max_errors, **source_options) -> None:
     import json as json_
 
-    from pydantic import ValidationError
-
-    from pipeline.errors import InputError
     from pipeline.commands.validate import validate_inputs
+    from schemas.loading import validate_model
     from schemas.sources import SourceConfig
 
-    options = {"format": fmt, "encoding": encoding, "csv_map": csv_map, "csv_messages_column": csv_messages_column}
-    try:
-        source = SourceConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as e:
-        raise click.UsageError("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from None
-    try:
-        report = validate_inputs(inputs, source, rejects=rejects, max_examples=max_errors)
-    except InputError as e:
-        raise _Unreadable(str(e)) from None
+    options = {key.removeprefix("source."): value for key, value in _overrides(source_options).items()}
+    report = validate_inputs(inputs, validate_model(SourceConfig, options, source=None), rejects=rejects,
+                             max_examples=max_errors)
     click.echo(json_.dumps(report.to_json(), ensure_ascii=False) if as_json else report.to_text())
     if rejects is not None and not as_json:
         click.echo(f"rejects: {rejects} ({report.rejected} rows)")
@@ -137,76 +182,64 @@ Examples:
   python -m pipeline preprocess qa.csv --csv-map system=sys,user=prompt,assistant=answer --eval-split 0.05 --out out/qa
 """
 
-_PRESET_CHOICE = click.Choice(["default", "glm4", "trl_completion_only", "rasbt"])
-
 
 @main.command("preprocess", help=_PREPROCESS_HELP)
 @click.argument("inputs", nargs=-1)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config (sections: source, render, mask, truncation, output).")
-@click.option("--tokenizer", help="Local tokenizer directory (AutoTokenizer.from_pretrained). [default: data/tokenizer]")
-@click.option("--chat-template", help="Built-in template name (chatml, glm4, llama3, alpaca) or a .jinja file.")
-@click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the tokenizer's own Python code.")
-@click.option("--encoder", type=click.Choice(["auto", "hf", "tiktoken"]),
-              help="Token encoder: tiktoken where it is proven identical to the tokenizer, else hf [default: auto].")
-@click.option("--render-time-limit", type=float, metavar="SECONDS",
-              help="Longest one rendering of the chat template may take; a row over it is rejected [default: 10].")
-@click.option("--render-max-chars", type=int, metavar="N",
-              help="Most characters one rendering may produce; a row over it is rejected [default: 67108864].")
-@click.option("--allow-special-tokens", is_flag=True, default=None,
-              help="Keep rows that type control tokens as text in any field the chat template is given (they are "
-                   "then tokenized as control tokens).")
-@click.option("--format", "fmt", type=click.Choice(["auto", "glm", "openai", "sharegpt", "alpaca", "csv"]),
-              help="Input format [default: auto].")
-@click.option("--csv-map", callback=_csv_map_option, metavar="ROLE=COL,...", help="CSV columns per role.")
-@click.option("--csv-messages-column", metavar="COL", help="A CSV column holding a `messages` JSON string.")
-@click.option("--encoding", help="Text encoding of the inputs [default: utf-8].")
-@click.option("--preset", type=_PRESET_CHOICE, help="Mask preset [default: default].")
-@click.option("--roles-to-train", metavar="ROLE,...", help="Roles whose messages are trained [default: assistant].")
-@click.option("--last-turn-only", is_flag=True, default=None, help="Train only the last assistant message.")
-@click.option("--train-on-prompt", is_flag=True, default=None, help="Train every token.")
-@click.option("--append-eos", is_flag=True, default=None, help="Append eos to every sample and train it.")
-@click.option("--response-template", help="trl_completion_only: the text that starts a response.")
-@click.option("--instruction-template", help="trl_completion_only: the text that starts an instruction.")
-@click.option("--max-length", type=int, help="Token limit per sample [default: 2048].")
-@click.option("--max-input-length", type=int, help="GLM-style limit: input part (use with --max-output-length).")
-@click.option("--max-output-length", type=int, help="GLM-style limit: output part.")
-@click.option("--truncation", type=click.Choice(["cut_tail", "drop", "drop_oldest_turns"]),
-              help="What to do with samples over the limit [default: cut_tail].")
-@click.option("--eval-split", type=float, help="Fraction of rows for the eval split (by a hash of the id).")
-@click.option("--seed", type=int, help="Seed of the eval split assignment.")
-@click.option("--workers", type=int, help="Worker processes, each adapting, rendering, tokenizing and masking whole "
-              "batches; one per core is fastest [default: 1].")
-@click.option("--rows-per-shard", type=int, help="Input rows per shard [default: 20000].")
+@_config_option("--tokenizer", "render.tokenizer",
+                "Local tokenizer directory (as AutoTokenizer.from_pretrained reads it).")
+@_config_option("--chat-template", "render.chat_template",
+                "Built-in template name (chatml, glm4, llama3, alpaca) or a .jinja file; none: the tokenizer's own.")
+@_config_option("--trust-remote-code", "render.trust_remote_code", "Allow the tokenizer's own Python code.",
+                is_flag=True)
+@_config_option("--encoder", "render.encoder",
+                "Token encoder: tiktoken where it is proven identical to the tokenizer, else hf.")
+@_config_option("--render-time-limit", "render.time_limit",
+                "Longest one rendering of the chat template may take; a row over it is rejected.", type=float,
+                metavar="SECONDS")
+@_config_option("--render-max-chars", "render.max_chars",
+                "Most characters one rendering may produce; a row over it is rejected.", type=int, metavar="N")
+@_config_option("--allow-special-tokens", "render.allow_special_tokens_in_content",
+                "Keep rows that type control tokens as text in any field the chat template is given (they are then "
+                "tokenized as control tokens).", is_flag=True)
+@_source_options
+@_config_option("--preset", "mask.preset", "Mask preset.")
+@_config_option("--roles-to-train", "mask.roles_to_train", "Roles whose messages are trained.", metavar="ROLE,...")
+@_config_option("--last-turn-only", "mask.last_turn_only", "Train only the last assistant message.", is_flag=True)
+@_config_option("--train-on-prompt", "mask.train_on_prompt", "Train every token.", is_flag=True)
+@_config_option("--append-eos", "mask.append_eos", "Append eos to every sample and train it.", is_flag=True)
+@_config_option("--response-template", "mask.response_template",
+                "trl_completion_only: the text that starts a response.")
+@_config_option("--instruction-template", "mask.instruction_template",
+                "trl_completion_only: the text that starts an instruction.")
+@_config_option("--max-length", "truncation.max_length", "Token limit per sample.", type=int)
+@_config_option("--max-input-length", "truncation.max_input_length",
+                "GLM-style limit: input part (use with --max-output-length).", type=int)
+@_config_option("--max-output-length", "truncation.max_output_length", "GLM-style limit: output part.", type=int)
+@_config_option("--truncation", "truncation.strategy", "What to do with samples over the limit.")
+@_config_option("--eval-split", "output.eval_split", "Fraction of rows for the eval split (by a hash of the id).",
+                type=float)
+@_config_option("--seed", "output.seed", "Seed of the eval split assignment.", type=int)
+@_config_option("--workers", "output.workers", "Worker processes, each adapting, rendering, tokenizing and masking "
+                "whole batches; one per core is fastest.", type=int)
+@_config_option("--rows-per-shard", "output.rows_per_shard", "Input rows per shard.", type=int)
+@_exit_codes("rerun with the same arguments to resume")
 def preprocess_command(inputs, out, config_path, **options) -> None:
     from pipeline.errors import ConfigError
     from pipeline.run import preprocess
     from schemas.config import load_config
 
-    keys = {
-        "tokenizer": "render.tokenizer", "chat_template": "render.chat_template",
-        "trust_remote_code": "render.trust_remote_code", "encoder": "render.encoder", "allow_special_tokens": "render.allow_special_tokens_in_content",
-        "render_time_limit": "render.time_limit", "render_max_chars": "render.max_chars",
-        "fmt": "source.format", "csv_map": "source.csv_map", "csv_messages_column": "source.csv_messages_column",
-        "encoding": "source.encoding", "preset": "mask.preset", "roles_to_train": "mask.roles_to_train",
-        "last_turn_only": "mask.last_turn_only", "train_on_prompt": "mask.train_on_prompt",
-        "append_eos": "mask.append_eos", "response_template": "mask.response_template",
-        "instruction_template": "mask.instruction_template", "max_length": "truncation.max_length",
-        "max_input_length": "truncation.max_input_length", "max_output_length": "truncation.max_output_length",
-        "truncation": "truncation.strategy", "eval_split": "output.eval_split", "seed": "output.seed",
-        "workers": "output.workers", "rows_per_shard": "output.rows_per_shard",
-    }
-    overrides = {keys[k]: v for k, v in options.items() if v is not None}
+    overrides = _overrides(options)
     if "mask.roles_to_train" in overrides:
         overrides["mask.roles_to_train"] = [r.strip() for r in overrides["mask.roles_to_train"].split(",") if r.strip()]
     if inputs:
         overrides["inputs"] = list(inputs)
-    with _exit_codes("rerun with the same arguments to resume"):
-        config = load_config(config_path, overrides)
-        if not config.inputs:
-            raise ConfigError(["inputs: give INPUT arguments or `inputs:` in --config"])
-        manifest = preprocess(config, out)
+    config = load_config(config_path, overrides)
+    if not config.inputs:
+        raise ConfigError(["inputs: give INPUT arguments or `inputs:` in --config"])
+    manifest = preprocess(config, out)
     click.echo(format_summary(manifest, out))
 
 
@@ -248,21 +281,14 @@ Examples:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report here.")
 @click.pass_context
+@_exit_codes()
 def check_command(ctx, directory, config_path, as_json, report_path) -> None:
     import json as json_
 
     from pipeline.commands.check import run_checks
-    from pipeline.errors import ConfigError, InputError
     from schemas.check_config import load_check_config
 
-    try:
-        config = load_check_config(config_path)
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from None
-    try:
-        report = run_checks(directory, config)
-    except InputError as e:
-        raise _Unreadable(str(e)) from None
+    report = run_checks(directory, load_check_config(config_path))
     if report_path is not None:
         from pipeline.commands.report import write_report
 
@@ -281,7 +307,7 @@ otherwise. --ids adds a table of position, token id, label and token text.
 Examples:
   python -m pipeline show out/shards                       # the first train row
   python -m pipeline show out/shards --split eval --index 3 --ids
-  python -m pipeline show out/shards --id 37a5d2e9d7efcb3a | less -R
+  python -m pipeline show out/shards --id 1bf8d80967f3ff78 | less -R
 """
 
 
@@ -292,23 +318,17 @@ Examples:
 @click.option("--split", help="Split to read [default: train].")
 @click.option("--ids", is_flag=True, help="Also print a table of position, id, label and token.")
 @click.option("--color/--no-color", default=None, help="Colour trained tokens [default: when stdout is a terminal].")
+@_exit_codes()
 def show_command(directory, index, row_id, split, ids, color) -> None:
     import sys
 
-    from pipeline.errors import InputError, PipelineError
     from pipeline.commands.show import show
 
     if index is not None and row_id is not None:
         raise click.UsageError("give --index or --id, not both")
     color = sys.stdout.isatty() if color is None else color
     highlight = (lambda text: click.style(text, fg="green", bold=True)) if color else None
-    try:
-        text = show(directory, split=split, index=index, row_id=row_id, highlight=highlight, ids=ids)
-    except InputError as e:
-        raise _Unreadable(str(e)) from None
-    except PipelineError as e:
-        raise click.UsageError(str(e)) from None
-    click.echo(text, color=color)
+    click.echo(show(directory, split=split, index=index, row_id=row_id, highlight=highlight, ids=ids), color=color)
 
 
 # --- train ---------------------------------------------------------------------------------------------------------
@@ -333,31 +353,10 @@ Examples:
 
 
 def _flag(name: str, type_=None, help_: str = "", **kw):
-    """An option whose default is None, so only flags actually given override the config file. Its help ends with
-    the TrainConfig field's default, read from the schema (where defaults live), or says the field is required."""
-    return click.option(name, type=type_, default=None, help=f"{help_} {_schema_default(name)}".strip(), **kw)
-
-
-def _schema_default(name: str) -> str:
-    from pydantic_core import PydanticUndefined
-
-    from schemas.train_config import TrainConfig
-
-    field = TrainConfig.model_fields.get(name.split("/")[0].removeprefix("--").replace("-", "_"))
-    if field is None:  # --config: not a TrainConfig field
-        return ""
-    if field.default is PydanticUndefined:
-        return "[required]"
-    return f"[default: {_as_flag_value(field.default)}]"
-
-
-def _as_flag_value(value) -> str:
-    """A default as one would write it: true/false, none, a comma-separated list."""
-    if value is None or isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (tuple, list)):
-        return ",".join(map(str, value))
-    return str(value)
+    """A train option: a TrainConfig field of the same name ('_' for '-'), read from the schema (`_schema_option`)."""
+    field = name.split("/")[0].removeprefix("--").replace("-", "_")
+    return _schema_option(name, help_, TrainConfig if field in TrainConfig.model_fields else None, field,
+                          **({"type": type_} if type_ is not None else {}), **kw)
 
 
 @main.command("train", help=_TRAIN_EXAMPLES)
@@ -365,7 +364,7 @@ def _as_flag_value(value) -> str:
 @_flag("--data", click.Path(path_type=str), "Shard directory written by `preprocess`.")
 @_flag("--out", click.Path(path_type=str), "Run directory (metrics.jsonl, loss.png, checkpoints/, final/).")
 @_flag("--model", str, "'tiny' (random init, sized to the shards) or a local pretrained model directory.")
-@_flag("--tiny-arch", click.Choice(["llama", "qwen2"]), "Tiny model architecture.")
+@_flag("--tiny-arch", help_="Tiny model architecture.")
 @_flag("--tiny-layers", int, "Tiny model layers.")
 @_flag("--tiny-hidden", int, "Tiny model width.")
 @_flag("--tiny-heads", int, "Tiny model attention heads.")
@@ -381,10 +380,9 @@ def _as_flag_value(value) -> str:
 @_flag("--bucket-batches", int, "Padding: sort by length within shuffled buckets of this many micro-batches.")
 @_flag("--lr", float, "Peak learning rate.")
 @_flag("--min-lr", float, "Where cosine and linear decay end.")
-@_flag("--schedule", click.Choice(["cosine", "linear", "constant"]), "LR schedule after warmup.")
+@_flag("--schedule", help_="LR schedule after warmup.")
 @_flag("--warmup-steps", int, "Linear warmup steps.")
-@_flag("--optim", click.Choice(["adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"]),
-       "Optimizer: torch AdamW, or a bitsandbytes paged / 8-bit AdamW (needs the qlora extra).")
+@_flag("--optim", help_="Optimizer: torch AdamW, or a bitsandbytes paged / 8-bit AdamW (needs the qlora extra).")
 @_flag("--weight-decay", float, "AdamW weight decay (matrices only).")
 @_flag("--beta1", float, "AdamW beta1.")
 @_flag("--beta2", float, "AdamW beta2.")
@@ -398,36 +396,36 @@ def _as_flag_value(value) -> str:
 @_flag("--early-stopping-patience", int, "Stop after this many evaluations without improvement (none: never); "
        "needs an eval split and --eval-interval.")
 @_flag("--early-stopping-min-delta", float, "An improvement is an eval-loss drop of more than this below the best.")
-@_flag("--final", click.Choice(["best", "last"]), "What final/ holds: the lowest eval loss (the last step when there "
+@_flag("--final", help_="What final/ holds: the lowest eval loss (the last step when there "
        "is no eval split) or the last step.")
 @_flag("--save-interval", int, "Steps between checkpoints (0: at the end only).")
 @_flag("--keep-checkpoints", int, "How many of the newest checkpoints to keep (the best is kept besides).")
 @_flag("--log-interval", int, "Steps between metrics.jsonl lines, and progress lines when stderr is not a terminal.")
-@_flag("--report-to", click.Choice(["none", "tensorboard"]),
-       "Also write TensorBoard event files to OUT/tensorboard (pip install 'chatshard[tensorboard]').")
+@_flag("--report-to", help_="Also write TensorBoard event files to OUT/tensorboard "
+       "(pip install 'chatshard[tensorboard]').")
 @_flag("--seed", int, "Seed for the model init and the data order.")
-@_flag("--precision", click.Choice(["bf16", "fp32"]), "bf16: frozen weights (LoRA, QLoRA) in bf16 and bf16 "
+@_flag("--precision", help_="bf16: frozen weights (LoRA, QLoRA) in bf16 and bf16 "
        "autocast; trained weights stay fp32. A full fine-tune on the CPU computes in fp32.")
-@_flag("--device", click.Choice(["auto", "cpu", "cuda"]), "Where to train.")
+@_flag("--device", help_="Where to train.")
 @_flag("--gradient-checkpointing/--no-gradient-checkpointing", help_="Recompute activations in backward.")
 @_flag("--lora/--no-lora", help_="Train LoRA adapters (peft) instead of all weights.")
 @_flag("--lora-r", int, "LoRA rank.")
 @_flag("--lora-alpha", float, "LoRA alpha.")
 @_flag("--lora-dropout", float, "LoRA dropout.")
 @_flag("--lora-target-modules", str, "Comma-separated module names, e.g. q_proj,v_proj.")
-@_flag("--quantize", click.Choice(["none", "4bit"]), "QLoRA: the base's Linear layers in 4-bit NF4 (bitsandbytes; "
+@_flag("--quantize", help_="QLoRA: the base's Linear layers in 4-bit NF4 (bitsandbytes; "
        "needs --lora and a --model directory).")
 @_flag("--double-quant/--no-double-quant", help_="4-bit: also quantize the quantization scales.")
 @_flag("--rank-log/--no-rank-log", help_="Write ranks/rank<R>.jsonl: sample ids per step and a weights digest.")
+@_exit_codes("rerun with the same arguments plus --resume to continue from the newest checkpoint")
 def train_command(config: str | None, **flags) -> None:
     from schemas.train_config import load_train_config
 
     if flags.get("lora_target_modules") is not None:
         flags["lora_target_modules"] = [m.strip() for m in flags["lora_target_modules"].split(",") if m.strip()]
-    with _exit_codes("rerun with the same arguments plus --resume to continue from the newest checkpoint"):
-        cfg = load_train_config(config, overrides=flags)
-        from pipeline.train.loop import train
+    cfg = load_train_config(config, overrides=flags)
+    from pipeline.train.loop import train
 
-        result = train(cfg)
+    result = train(cfg)
     if result is not None:
         click.echo(result.summary())

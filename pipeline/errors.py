@@ -15,7 +15,7 @@ from typing import Any
 from schemas.errors import ConfigError, PipelineError
 from schemas.records import Conversation
 
-__all__ = ["ConfigError", "InputError", "Kind", "OutputError", "PipelineError", "Reason", "RowError"]
+__all__ = ["ConfigError", "InputError", "Kind", "OptionError", "OutputError", "PipelineError", "Reason", "RowError"]
 
 
 class Kind(Enum):
@@ -93,6 +93,10 @@ class Reason(StrEnum):
 
 class InputError(PipelineError):
     """An input file cannot be read at all (missing, undecodable container, unknown format)."""
+
+
+class OptionError(PipelineError):
+    """An option asks for what the data does not hold (a split, a row index, a row id): a usage error."""
 
 
 class OutputError(PipelineError):

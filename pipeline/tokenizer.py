@@ -15,16 +15,54 @@ from pipeline.templates import load_template
 from schemas.config import RenderConfig
 
 
+def from_pretrained(path: str, trust_remote_code: bool = False):
+    """What `AutoTokenizer.from_pretrained(path)` returns, loaded without importing torch where that is safe.
+
+    transformers' Auto machinery imports its model configuration code, which imports torch: about 3 s of a
+    one-row run. A local tokenizer directory with no config.json and no custom code names its class in
+    tokenizer_config.json; for a fast (tokenizers-backed) class, AutoTokenizer then calls that class's own
+    `from_pretrained`, so calling it directly gives the same object. Anything else goes through AutoTokenizer."""
+    tokenizer_class = None if trust_remote_code else declared_fast_class(Path(path).expanduser())
+    if tokenizer_class is None:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return tokenizer_class.from_pretrained(path)
+
+
+# AutoTokenizer loads this hub-declared class as the generic backend when tokenizer.json is byte-level.
+_AUTO_REMAPS = {"LlamaTokenizer"}
+
+
+def declared_fast_class(directory: Path):
+    """The fast class tokenizer_config.json declares, when AutoTokenizer would load exactly that class; else None."""
+    config_path = directory / "tokenizer_config.json"
+    if not (directory / "tokenizer.json").is_file() or (directory / "config.json").exists() or not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # AutoTokenizer gives the error
+    name = config.get("tokenizer_class") if isinstance(config, dict) and "auto_map" not in config else None
+    if not isinstance(name, str) or name.removesuffix("Fast") in _AUTO_REMAPS:
+        return None
+    import transformers
+    from transformers import PreTrainedTokenizer, TokenizersBackend
+
+    found = getattr(transformers, name.removesuffix("Fast"), None) or getattr(transformers, name, None)
+    if found is PreTrainedTokenizer:  # `PreTrainedTokenizerFast`: AutoTokenizer takes the generic fast backend
+        return TokenizersBackend
+    return found if isinstance(found, type) and issubclass(found, TokenizersBackend) else None
+
+
 def load_tokenizer(config: RenderConfig):
     """The fast tokenizer at `config.tokenizer`. A slow-only tokenizer is refused: spans need character offsets."""
-    from transformers import AutoTokenizer
-
     if config.tokenizer.startswith((".", "/", "~")) and not Path(config.tokenizer).expanduser().is_dir():
         # a path, not a hub name: say so rather than pass on the hub's rules for repository names
         raise PipelineError(f"cannot load tokenizer {config.tokenizer!r}: no such directory (give the model's "
                             "folder with --tokenizer)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer, trust_remote_code=config.trust_remote_code)
+        tokenizer = from_pretrained(config.tokenizer, trust_remote_code=config.trust_remote_code)
     except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
         raise PipelineError(f"cannot load tokenizer {config.tokenizer!r}: {exc}") from None
     if not getattr(tokenizer, "is_fast", False):
@@ -39,12 +77,10 @@ def load_tokenizer(config: RenderConfig):
 
 def load_saved_tokenizer(path: Path):
     """The tokenizer `preprocess` saved beside the shards; `InputError` when it is missing or cannot be loaded."""
-    from transformers import AutoTokenizer
-
     if not (path / "tokenizer.json").is_file():
         raise InputError(f"{path}: the tokenizer saved beside the shards is missing (tokenizer.json)")
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        return from_pretrained(str(path))
     except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
         raise InputError(f"{path}: cannot load the saved tokenizer: {exc}") from None
 

@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
+import click
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError, OptionError, OutputError, PipelineError
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, REPO
 
@@ -124,3 +125,80 @@ def test_ctrl_c_exits_130_and_a_rerun_resumes(tmp_path, chats, monkeypatch):
     assert result.output.strip() == "interrupted; rerun with the same arguments to resume"
     resumed = CliRunner().invoke(main, args)
     assert resumed.exit_code == 0 and "written 5" in resumed.output, resumed.output
+
+
+# Each command's library call, and arguments that reach it.
+COMMANDS = {
+    "validate": ("pipeline.commands.validate", "validate_inputs", ["x.jsonl"]),
+    "preprocess": ("pipeline.run", "preprocess", ["x.jsonl", "--out", "o", "--tokenizer", str(DEMO_TOKENIZER)]),
+    "check": ("pipeline.commands.check", "run_checks", ["o"]),
+    "show": ("pipeline.commands.show", "show", ["o"]),
+    "train": ("pipeline.train.loop", "train", ["--data", "d", "--out", "o"]),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("error, code, message", [
+    (PipelineError("the run failed"), 1, "the run failed"),
+    (OSError(28, "No space left on device", "o/x"), 1, "o/x: No space left on device"),
+    (InputError("x.jsonl: cannot read"), 2, "x.jsonl: cannot read"), (ConfigError(["a: bad"]), 2, "- a: bad"),
+    (OptionError("--index: 9 is out of range"), 2, "--index: 9"), (OutputError("o: not ours"), 2, "o: not ours"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_every_command_maps_errors_to_the_same_exit_codes(command, error, code, message, monkeypatch):
+    import importlib
+
+    module, function, args = COMMANDS[command]
+
+    def fails(*a, **k):
+        raise error
+
+    monkeypatch.setattr(importlib.import_module(module), function, fails)
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code == code and message in result.output, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # ended as click ends, no traceback
+    assert result.output.startswith("interrupted" if code == 130 else "Error: "), result.output
+
+
+def test_choices_are_the_schemas_literals():
+    """Every option with choices offers exactly the values its config field accepts."""
+    from typing import get_args
+
+    from schemas.config import PreprocessConfig
+    from schemas.train_config import TrainConfig
+
+    checked = 0
+    for name, command in main.commands.items():
+        for option in command.params:
+            if not isinstance(option.type, click.Choice):
+                continue
+            if name == "train":
+                field = TrainConfig.model_fields[option.name]
+            else:
+                section, key = option.name.split("__")
+                field = PreprocessConfig.model_fields[section].annotation.model_fields[key]
+            assert tuple(option.type.choices) == get_args(field.annotation), (name, option.name)
+            checked += 1
+    assert checked >= 13
+
+
+def _imports_of(tmp_path: Path, *args: str) -> list[str]:
+    """The modules a `python -m pipeline ...` run imports, from `-X importtime` (stderr), in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+
+
+def test_preprocess_and_check_do_not_import_torch(tmp_path):
+    rows = tmp_path / "one.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    preprocess = _imports_of(tmp_path, "preprocess", str(rows), "--tokenizer", str(DEMO_TOKENIZER), "--out", "out")
+    check = _imports_of(tmp_path, "check", "out")
+    assert "transformers" in preprocess and "pyarrow" in check  # the listing is read right
+    assert "torch" not in preprocess and "torch" not in check

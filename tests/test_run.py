@@ -11,6 +11,7 @@ import pytest
 
 import pipeline.run as run_module
 import pipeline.stages.ingest as ingest
+import pipeline.stages.render as render_module
 import pipeline.workers as workers_module
 from pipeline.errors import PipelineError
 from pipeline.outputs import claim
@@ -426,3 +427,29 @@ def test_each_input_file_is_opened_once_to_detect_its_format_and_once_for_its_ro
     manifest = preprocess(_config([jsonl, array]), tmp_path / "out")
     assert [i["format"] for i in manifest["inputs"]] == ["openai", "openai"]
     assert opened == {"a.jsonl": 2, "b.json": 2}
+
+
+def _padded_chat(k: int) -> dict:
+    return {"messages": [{"role": "user", "content": f"  Question {k}  "}, {"role": "assistant", "content": f"Answer {k}."}]}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_wrong_single_rendering_decision_stops_the_run(tmp_path, monkeypatch, workers):
+    """Llama 3's template trims message text; judged (wrongly) to only copy it, the run renders its first
+    conversations both ways and stops, naming the template and the first row that differs."""
+    import pipeline.stages.render as render
+
+    monkeypatch.setattr(render, "copies_text_verbatim", lambda environment, template: True)
+    data = _write(tmp_path / "chats.jsonl", [_chat(1), _padded_chat(2), _padded_chat(3)])
+    config = _config([data], **{"render.chat_template": "llama3", "output.workers": workers})
+    with pytest.raises(PipelineError, match=rf"chat template 'llama3': .* {data}:2 \(id "):
+        preprocess(config, tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_single_rendering_check_leaves_the_bytes_of_a_template_that_copies_text(tmp_path, monkeypatch):
+    data = _write(tmp_path / "chats.jsonl", [_chat(k, turns=1 + k % 3) for k in range(20)] + [_padded_chat(20)])
+    checked = preprocess(_config([data], **{"render.chat_template": "chatml"}), tmp_path / "checked")
+    monkeypatch.setattr(render_module.Renderer, "check_single_rendering", lambda self, conversations, name: None)
+    unchecked = preprocess(_config([data], **{"render.chat_template": "chatml"}), tmp_path / "unchecked")
+    assert checked["splits"] == unchecked["splits"] and checked["splits"]["train"]["shards"]

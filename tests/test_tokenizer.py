@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +13,17 @@ from pipeline.encoders.hf import encode_batch, encoder_spec
 from pipeline.errors import PipelineError
 from pipeline.stages.mask import IGNORE_INDEX
 from pipeline.templates import load_template
-from pipeline.tokenizer import added_token_classes, chat_template_of, load_tokenizer, special_token_ids
+from pipeline.tokenizer import (
+    declared_fast_class,
+    added_token_classes,
+    chat_template_of,
+    from_pretrained,
+    load_tokenizer,
+    special_token_ids,
+)
 from schemas.config import RenderConfig
 from tests.chats import WITH_SYSTEM, hf_messages
-from tests.conftest import REAL_TOKENIZERS, demo_tokenizer, real_tokenizer
+from tests.conftest import DEMO_TOKENIZER, REAL_TOKENIZERS, SHARED, demo_tokenizer, real_tokenizer
 from tests.stages.test_mask import labels_for, trained_text
 
 CORPUS = [
@@ -134,3 +142,46 @@ def test_added_tokens_are_control_tokens_when_special_or_written_by_the_template
     assert not set(control) & set(other)
     _, without_tools = added_token_classes(tokenizer, "{{ messages[0].content }}<|im_end|>")
     assert "<tool_call>" in without_tools  # not special: a control token only where the template writes it
+
+
+def _saved_files(tokenizer, out: Path) -> dict[str, bytes]:
+    tokenizer.save_pretrained(str(out))
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+@pytest.mark.parametrize("name", ["demo", *REAL_TOKENIZERS])
+def test_from_pretrained_gives_what_auto_tokenizer_gives(name, tmp_path):
+    auto = demo_tokenizer() if name == "demo" else real_tokenizer(name)
+    path = DEMO_TOKENIZER if name == "demo" else SHARED / "tokenizers" / name
+    ours = from_pretrained(str(path))
+    assert type(ours) is type(auto)
+    assert ours.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
+    assert ours.special_tokens_map == auto.special_tokens_map and ours.chat_template == auto.chat_template
+    assert _saved_files(ours, tmp_path / "ours") == _saved_files(auto, tmp_path / "auto")
+
+
+def _tokenizer_dir(tmp_path: Path, config: dict, *extra: str) -> Path:
+    (tmp_path / "tokenizer.json").write_bytes((DEMO_TOKENIZER / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    for name in extra:
+        (tmp_path / name).write_text("{}")
+    return tmp_path
+
+
+@pytest.mark.parametrize("config, extra", [
+    ({"tokenizer_class": "LlamaTokenizerFast"}, ()),  # AutoTokenizer may load the generic backend instead
+    ({"tokenizer_class": "PreTrainedTokenizerFast", "auto_map": {"AutoTokenizer": ["x.X", None]}}, ()),
+    ({"tokenizer_class": "PreTrainedTokenizerFast"}, ("config.json",)),  # the model type may choose the class
+    ({"tokenizer_class": "NoSuchTokenizer"}, ()),
+    ({}, ()),
+])
+def test_anything_but_a_declared_fast_class_goes_through_auto_tokenizer(tmp_path, config, extra):
+    assert declared_fast_class(_tokenizer_dir(tmp_path, config, *extra)) is None
+
+
+@pytest.mark.parametrize("declared", ["PreTrainedTokenizerFast", "TokenizersBackend", "Qwen2Tokenizer", "Qwen2TokenizerFast"])
+def test_adeclared_fast_class_is_loaded_directly(tmp_path, declared):
+    from transformers import Qwen2Tokenizer, TokenizersBackend
+
+    expected = Qwen2Tokenizer if declared.startswith("Qwen2") else TokenizersBackend
+    assert declared_fast_class(_tokenizer_dir(tmp_path, {"tokenizer_class": declared})) is expected

@@ -1,10 +1,12 @@
-"""`make bench`: the pipeline's throughput against the tokenizer ceiling and the reference approaches, in one run.
+"""`make bench`: the pipeline's start-up and throughput against the tokenizer ceiling and the reference approaches.
 
 Generates a corpus of multi-turn conversations (Chinese and English, some with tools), then measures on the same
 texts: the whole preprocess stage (read, validate, render, tokenize, mask, write), the raw `tokenizer(texts)` batch
 call on the rendered texts (the ceiling), TRL's `apply_chat_template(return_assistant_tokens_mask=True)` path and
 GLM-4's per-message `process_batch` path, with the ratios between them and each run's peak memory.
-Uses the real tokenizers in ../shared/tokenizers when present, else the demo tokenizer.
+Uses the real tokenizers in ../shared/tokenizers when present, else the demo tokenizer. First, a start-up table: a
+one-row `preprocess` and a `check` of its output, each as a command, beside the one-liner that loads the same
+tokenizer with AutoTokenizer.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import multiprocessing
 import os
 import random
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -177,6 +182,35 @@ def _line(name: str, tokens: int, seconds: float, peak: float, ceiling: float, s
             f"| {peak:8.0f} | {ratio_cell:>5} |")
 
 
+def _seconds(command: list[str]) -> float:
+    """Wall-clock seconds of one command run to its end; a run that fails stops the benchmark with its output."""
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode not in (0, 1):  # check exits 1 when a threshold fails: still a complete run
+        raise click.ClickException(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
+    return seconds
+
+
+def startup_table(name: str, tokenizer_dir: Path, tmp: Path, runs: int) -> list[str]:
+    """Median seconds of the AutoTokenizer one-liner, a one-row `preprocess` and a `check` of its output, run in
+    turn so that the machine's load weighs on all three alike, and each one's ratio to the one-liner."""
+    one_row = write_jsonl(tmp / f"{name}.one-row.jsonl", generate_corpus(1))
+    auto = [sys.executable, "-c", f"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained({str(tokenizer_dir)!r})"]
+    times: dict[str, list[float]] = {"auto": [], "preprocess": [], "check": []}
+    for run in range(runs):
+        out = tmp / f"{name}.one-row.{run}"
+        times["auto"].append(_seconds(auto))
+        times["preprocess"].append(_seconds([sys.executable, "-m", "pipeline", "preprocess", str(one_row),
+                                             "--tokenizer", str(tokenizer_dir), "--out", str(out)]))
+        times["check"].append(_seconds([sys.executable, "-m", "pipeline", "check", str(out)]))
+    median = {kind: statistics.median(seconds) for kind, seconds in times.items()}
+    rows = [("python -c 'AutoTokenizer.from_pretrained(DIR)'", "auto"), ("preprocess, one row", "preprocess"),
+            ("check of its output", "check")]
+    return [f"| {name:<20} | {label:<46} | {median[kind]:7.2f} | {median[kind] / median['auto']:5.2f}x |"
+            for label, kind in rows]
+
+
 # Families measured when ../shared/tokenizers has them: two byte-level BPE tokenizers (tiktoken applies) and one
 # SentencePiece-style tokenizer (it does not: `auto` takes the HF tokenizer).
 FAMILIES = ("qwen2.5", "glm4", "openhermes-mistral")
@@ -186,14 +220,24 @@ FAMILIES = ("qwen2.5", "glm4", "openhermes-mistral")
 @click.option("--conversations", default=20_000, show_default=True, help="Generated conversations.")
 @click.option("--reference-sample", default=2_000, show_default=True, help="Conversations for the slow reference paths.")
 @click.option("--workers", default=os.cpu_count() or 1, show_default="the cores", help="Worker processes for the pipeline's second run.")
-def main(conversations: int, reference_sample: int, workers: int) -> None:
-    """Benchmark preprocess against the tokenizer ceiling, TRL's and GLM-4's paths (tokens/s, ratios, peak RSS)."""
+@click.option("--startup-runs", default=5, show_default=True, help="Runs of each start-up command (the median is shown).")
+@click.option("--startup-only", is_flag=True, help="Measure only the start-up table.")
+def main(conversations: int, reference_sample: int, workers: int, startup_runs: int, startup_only: bool) -> None:
+    """Benchmark start-up against loading the tokenizer with AutoTokenizer, and preprocess against the tokenizer
+    ceiling, TRL's and GLM-4's paths (tokens/s, ratios, peak RSS)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     families = [(n, SHARED / "tokenizers" / n) for n in FAMILIES if (SHARED / "tokenizers" / n).exists()]
-    if not families:
-        families = [("demo", REPO / "data" / "tokenizer")]
-    rows = generate_corpus(conversations)
     with tempfile.TemporaryDirectory() as tmp:
+        click.echo(f"### start-up (median of {startup_runs} runs; ratio to the AutoTokenizer one-liner)\n")
+        click.echo("| tokenizer | command | seconds | ratio |\n|---|---|---:|---:|")
+        for name, tokenizer_dir in [("demo", REPO / "data" / "tokenizer"), *families]:
+            click.echo("\n".join(startup_table(name, tokenizer_dir, Path(tmp), startup_runs)))
+        if startup_only:
+            return
+        if not families:
+            families = [("demo", REPO / "data" / "tokenizer")]
+        rows = generate_corpus(conversations)
+        click.echo()
         data = write_jsonl(Path(tmp, "corpus.jsonl"), rows)
         small = write_jsonl(Path(tmp, "small.jsonl"), rows[: len(rows) // 10])
         sample = write_jsonl(Path(tmp, "sample.jsonl"), rows[:reference_sample])

@@ -16,7 +16,6 @@ Two criteria worth knowing:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from pipeline.encoders.hf import component_json
 from pipeline.shards.format import IGNORE_INDEX, Manifest
 from pipeline.shards.reader import RowSample, Shards, iter_batches, open_shards, row_arrays
 from pipeline.shards.writer import sha256_file
@@ -169,7 +169,7 @@ def open_output(path: Path) -> Output:
 
 
 def is_byte_level(tokenizer) -> bool:
-    decoder = json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder") or {}
+    decoder = component_json(tokenizer.backend_tokenizer.decoder) or {}
     parts = decoder.get("decoders", [decoder]) if decoder.get("type") == "Sequence" else [decoder]
     return any(p.get("type") == "ByteLevel" for p in parts)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, OptionError
 from pipeline.shards.format import IGNORE_INDEX
 from pipeline.shards.reader import RowSample, Shards, open_shards
 from pipeline.tokenizer import load_saved_tokenizer
@@ -25,20 +25,20 @@ def find_row(shards: Shards, *, split: str | None = None, index: int | None = No
     """The row at `index` of `split` (default train), or the row whose `id` is `row_id` (in `split`, or any split)."""
     splits = shards.split_names
     if split is not None and split not in splits:
-        raise PipelineError(f"--split: no split {split!r} in {shards.path} (it has: {', '.join(splits) or 'none'})")
+        raise OptionError(f"--split: no split {split!r} in {shards.path} (it has: {', '.join(splits) or 'none'})")
     if row_id is not None:
         for name in [split] if split else splits:
             found = shards.split(name).index_of(row_id)
             if found is not None:
                 return shards.split(name).row(found)
-        raise PipelineError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {shards.path}")
+        raise OptionError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {shards.path}")
     split = split or (splits[0] if splits else None)  # train comes first
     if split is None:
-        raise PipelineError(f"{shards.path} holds no rows")
+        raise InputError(f"{shards.path} holds no rows")
     rows = len(shards.split(split))
     index = 0 if index is None else index
     if not 0 <= index < rows:
-        raise PipelineError(f"--index: {index} is out of range: split {split!r} has {rows} rows (0..{rows - 1})")
+        raise OptionError(f"--index: {index} is out of range: split {split!r} has {rows} rows (0..{rows - 1})")
     return shards.split(split).row(index)
 
 

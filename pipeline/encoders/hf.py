@@ -66,6 +66,11 @@ def encoder_spec(tokenizer) -> dict:
     added = [{"id": i, "content": t.content, "single_word": t.single_word, "lstrip": t.lstrip, "rstrip": t.rstrip,
               "normalized": t.normalized, "special": t.special}
              for i, t in sorted(backend.get_added_tokens_decoder().items())]
-    part = lambda component: None if component is None else json.loads(component.__getstate__())  # noqa: E731
-    return {"model": model, "normalizer": part(backend.normalizer), "pre_tokenizer": part(backend.pre_tokenizer),
-            "added_tokens": added}
+    return {"model": model, "normalizer": component_json(backend.normalizer),
+            "pre_tokenizer": component_json(backend.pre_tokenizer), "added_tokens": added}
+
+
+def component_json(component) -> dict | None:
+    """One component of a loaded tokenizer (normaliser, pre-tokenizer, decoder) as its tokenizer.json part, without
+    serialising the whole tokenizer."""
+    return None if component is None else json.loads(component.__getstate__())

@@ -18,7 +18,8 @@ import unicodedata
 
 import numpy as np
 
-from pipeline.encoders.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
+from pipeline.encoders.base import Encoded
+from pipeline.encoders.token_spans import ByteSpans, NotExpressible, prove
 
 SPACE_PIECE = "\u2581"
 _BYTE_PIECES = {f"<0x{b:02X}>" for b in range(256)}
@@ -105,7 +106,11 @@ def build(spec: dict, encode_tracked) -> PieceWidths:
             raise NotExpressible(f"added token {token['content']!r} strips, matches whole words or is normalised")
         widths[token["id"]], added[token["id"]] = len(token["content"].encode("utf-8")), True
     pieces = PieceWidths(widths, added, prefix, ambiguous=SPACE_PIECE if model.get("byte_fallback") else None, nfc=nfc)
-    _prove(pieces, encode_tracked, [t["content"] for t in added_tokens])
+
+    def from_widths(texts: list[str]) -> list[Encoded]:  # the tokenizer's ids, spans from the widths
+        return [Encoded(e.input_ids, pieces.spans(e.input_ids, t)) for e, t in zip(encode_tracked(texts), texts)]
+
+    prove(from_widths, encode_tracked, [t["content"] for t in added_tokens], covers=pieces.covers)
     return pieces
 
 
@@ -150,12 +155,3 @@ def _prefix_rule(normalizer: dict | None, pre_tokenizer: dict | None) -> str:
             return {"first": "text_start", "never": "none"}[scheme]
         raise NotExpressible(f"Metaspace prepend scheme {scheme!r}")
     raise NotExpressible("normaliser and pre-tokenizer are not a SentencePiece `▁` normalisation")
-
-
-def _prove(pieces: PieceWidths, encode_tracked, special: list[str]) -> None:
-    """The widths must answer every span question as the tokenizer's offsets do, on every probe they cover. One text
-    per call: the HF tokenizer then encodes without its thread pool, so the process can still fork workers cleanly."""
-    for probe in filter(pieces.covers, probe_texts(special)):
-        (reference,) = encode_tracked([probe])
-        if not same_spans(pieces.spans(reference.input_ids, probe), reference.spans, len(probe)):
-            raise NotExpressible(f"token widths differ from the tokenizer's offsets on the probe {probe[:30]!r}")

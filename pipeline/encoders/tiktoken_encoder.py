@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.encoders.base import Encoded
 from pipeline.encoders.piece_widths import byte_level_bytes
-from pipeline.encoders.token_spans import ByteSpans, NotExpressible, probe_texts, same_spans
+from pipeline.encoders.token_spans import ByteSpans, NotExpressible, prove
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -90,7 +90,9 @@ def build(spec: dict, hf_encode, threads: int | None = None) -> TiktokenEncoder:
     except Exception as exc:  # tiktoken refuses some regexes and rank tables
         raise NotExpressible(f"tiktoken cannot build it: {exc}") from None
     encoder = TiktokenEncoder(encoding, token_bytes, normalizer is not None, hf_encode, threads)
-    _prove(encoder, hf_encode, sorted(special))
+    # the same ids and span answers on every probe (a tokenizer whose offsets leave out whitespace, `trim_offsets`,
+    # answers differently from byte ranges)
+    prove(encoder, hf_encode, sorted(special))
     return encoder
 
 
@@ -115,17 +117,3 @@ def _split_pattern(pre_tokenizer: dict | None) -> str:
     ):
         return steps[0]["pattern"]["Regex"]
     raise NotExpressible(f"pre-tokenizer {pre_tokenizer.get('type')} is not a split regex plus byte level")
-
-
-def _prove(encoder: TiktokenEncoder, hf_encode, special: list[str]) -> None:
-    """Both encoders must give the same ids on every probe (alone, and wrapped in special tokens), and the same span
-    answers (a tokenizer whose offsets leave out whitespace, `trim_offsets`, answers differently from byte ranges)."""
-    probes = probe_texts(special)
-    # One text per call: the HF tokenizer then encodes without its thread pool, so the process can still fork
-    # workers cleanly (see HFEncoder).
-    expected = [hf_encode([probe])[0] for probe in probes]
-    for probe, want, have in zip(probes, expected, encoder(probes)):
-        if want.input_ids.tolist() != have.input_ids.tolist():
-            raise NotExpressible(f"ids differ from the HF tokenizer on the probe {probe[:30]!r}")
-        if not same_spans(have.spans, want.spans, len(probe)):
-            raise NotExpressible(f"span answers differ from the HF tokenizer's offsets on the probe {probe[:30]!r}")

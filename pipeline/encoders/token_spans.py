@@ -9,7 +9,7 @@ tokens, mixed newlines) have shown it to agree with the tokenizer's own offsets.
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -107,3 +107,17 @@ def same_spans(ours: TokenSpans, reference: TokenSpans, n_chars: int) -> bool:
     """Whether `ours` answers both questions as `reference` does for every position of an `n_chars` text."""
     every = range(n_chars + 1)
     return ours.locate(every, every) == reference.locate(every, every)
+
+
+def prove(encode: Callable[[list[str]], list], reference: Callable[[list[str]], list], special: list[str],
+          covers: Callable[[str], bool] = lambda text: True) -> None:
+    """`encode` must give the ids and the span answers `reference` (the HF tokenizer with its offsets) gives, on
+    every probe it covers (alone, and wrapped in the `special` tokens); NotExpressible names the first probe where it
+    does not. One text per call: the HF tokenizer then encodes without its thread pool, so the process can still
+    fork workers cleanly."""
+    for probe in filter(covers, probe_texts(special)):
+        ((want,), (have,)) = reference([probe]), encode([probe])
+        if want.input_ids.tolist() != have.input_ids.tolist():
+            raise NotExpressible(f"ids differ from the tokenizer's on the probe {probe[:30]!r}")
+        if not same_spans(have.spans, want.spans, len(probe)):
+            raise NotExpressible(f"span answers differ from the tokenizer's offsets on the probe {probe[:30]!r}")

@@ -24,7 +24,7 @@ from functools import lru_cache
 from jinja2 import nodes
 from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields, _compile_jinja_template
 
-from pipeline.errors import ConfigError, Reason, RowError
+from pipeline.errors import ConfigError, PipelineError, Reason, RowError
 from pipeline.stages.render_limits import RenderLimitExceeded, RenderLimits, bound_operators, render_timer
 from pipeline.stages.row import Rendered, Row, Span
 from pipeline.step import Step, Tally
@@ -36,6 +36,9 @@ OPEN, CLOSE, END = "\U000f0000", "\U000f0001", "\U000f0002"
 _SENTINEL = re.compile(f"([{OPEN}{CLOSE}])(\\d+){END}")
 FIXED_DATE = datetime(2024, 1, 1)
 """What `strftime_now` returns inside templates, so that renderings are reproducible."""
+
+VERIFIED_RENDERINGS = 64
+"""How many conversations each run renders both ways when the template is judged to only copy text."""
 
 _MESSAGE_TOOLS = re.compile(r"(?:message|item|msg|m)\s*(?:\[\s*['\"]tools['\"]\s*\]|\.tools\b)")
 
@@ -72,6 +75,7 @@ class Renderer:
         self._compiled = _with_fixed_clock(template, limits.max_chars)
         self.generation_prompt = self._generation_prompt()
         self.single_rendering = copies_text_verbatim(self._compiled.environment, template)
+        self._unverified = VERIFIED_RENDERINGS
 
     def __call__(self, conversation: Conversation, trained: frozenset[int] | None = None) -> Rendered:
         """Render one conversation; raise RowError(template_error) when the template refuses it, or when it drops
@@ -93,6 +97,31 @@ class Renderer:
         _check_spans(conversation, text, spans, pieces, trained)
         spans = sorted(spans + self._answer_openings(conversation, text, spans), key=lambda s: (s.start, s.end))
         return Rendered(text=text, spans=tuple(spans))
+
+    def check_single_rendering(self, conversations: list[Conversation], template_name: str) -> None:
+        """Render the run's first conversations both ways, with the sentinels stripped (the single rendering) and
+        without them, and stop the run on any difference: the syntax-tree analysis that allows one rendering
+        (`copies_text_verbatim`) would otherwise make tokens silently differ from the template's real output.
+        A conversation the template refuses is left to the row's own error."""
+        if not self.single_rendering or self._unverified <= 0:
+            return
+        for conversation in conversations[: self._unverified]:
+            self._unverified -= 1
+            marked, pieces = self.template_messages(conversation, wrap=True)
+            tools = template_tools(conversation)
+            try:
+                single, _ = _strip_sentinels(self.render_messages(marked, tools), pieces)
+                real = self.render_messages(self.template_messages(conversation, wrap=False)[0], tools)
+            except Exception:  # refused or over a limit: rejected as template_error when rendered
+                continue
+            if single != real:
+                at = next((k for k, (a, b) in enumerate(zip(single, real)) if a != b), min(len(single), len(real)))
+                raise PipelineError(
+                    f"{template_name}: judged to only copy message text, but rendering "
+                    f"{conversation.source}:{conversation.row} (id {conversation.id}) once differs from rendering it "
+                    f"plainly at character {at} ({single[at:at + 30]!r} vs {real[at:at + 30]!r}): the template "
+                    "analysis (pipeline/templates/flow.py) is wrong for this template, so the run stops"
+                )
 
     def _generation_prompt(self) -> str | None:
         """The text `add_generation_prompt=True` appends (`<|im_start|>assistant\n`): what precedes a model's answer.
@@ -196,6 +225,13 @@ class Renderer:
         if message.tool_call_id:
             out["tool_call_id"] = message.tool_call_id
         return out
+
+
+def template_name(config: RenderConfig) -> str:
+    """How error messages name the template a run renders with."""
+    if config.chat_template:
+        return f"chat template {config.chat_template!r}"
+    return f"the chat template of tokenizer {config.tokenizer!r}"
 
 
 def renderer_args(tokenizer) -> dict[str, Any]:
@@ -336,16 +372,19 @@ def holds_reserved_characters(text: str) -> bool:
 class Render(Step):
     """The render step: each row's conversation rendered once, its trained messages found verbatim in the text;
     a row the template refuses is rejected (`template_error`). The batch's renderings share one timer
-    (`render_timer`)."""
+    (`render_timer`). The run's first conversations are also rendered the long way, to check the single-rendering
+    shortcut (`Renderer.check_single_rendering`); `template_name` names the template if that check fails."""
 
     name = "render"
 
-    def __init__(self, renderer: Renderer):
+    def __init__(self, renderer: Renderer, *, template_name: str):
         self.renderer = renderer
+        self.template_name = template_name
 
     def process(self, items: list[Row], tally: Tally) -> list[Row]:
         passed = []
         with render_timer():
+            self.renderer.check_single_rendering([row.conversation for row in items], self.template_name)
             for row in items:
                 try:
                     row.rendered = self.renderer(row.conversation, row.trained)

@@ -9,7 +9,6 @@ Each file opens with a comment that states exactly what it renders.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from pipeline.errors import ConfigError
@@ -39,8 +38,3 @@ def load_template(name_or_path: str) -> str:
     raise ConfigError(
         [f"chat template {name_or_path!r} is neither a built-in name ({names}) nor an existing .jinja file"]
     )
-
-
-def template_fingerprint(text: str) -> str:
-    """sha256 hex digest of a template's text (UTF-8), for manifests."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.commands.check import content_hash, round_trips, run_checks
+from pipeline.commands.check import content_hash, is_byte_level, round_trips, run_checks
 from pipeline.errors import ConfigError, InputError
 from pipeline.run import preprocess
 from pipeline.shards.format import IGNORE_INDEX
@@ -322,3 +322,20 @@ def test_a_cut_through_a_character_is_tolerated_only_at_the_tail():
     cut = ids[: cuts[0]]
     assert round_trips(tokenizer, ids) and not round_trips(tokenizer, cut)
     assert round_trips(tokenizer, cut, tolerance=2)
+
+
+def test_is_byte_level_reads_only_the_decoder():
+    """Serialising the whole tokenizer (half of it merges) to find its decoder took half a second on a 150k vocabulary."""
+
+    class Backend:
+        decoder = demo_tokenizer().backend_tokenizer.decoder
+
+        def to_str(self):
+            raise AssertionError("the whole tokenizer was serialised")
+
+    class Tokenizer:
+        backend_tokenizer = Backend()
+
+    assert is_byte_level(Tokenizer()) is True
+    Backend.decoder = None
+    assert is_byte_level(Tokenizer()) is False

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.encoders.hf import encode_batch
-from pipeline.errors import RowError
-from pipeline.stages.render import Renderer
+from pipeline.errors import PipelineError, RowError
+from pipeline.stages.render import VERIFIED_RENDERINGS, Renderer
 from pipeline.stages.render import renderer_args
 from schemas.records import Message
 from tests.chats import ALL, WITH_SYSTEM, WITH_TOOLS, conversation, hf_messages, hf_tools
@@ -145,3 +145,31 @@ def test_fast_dict_lookups_equal_the_sandbox():
     messages = [{"role": "user", "content": "hi", "name": ""}, {"role": "tool", 0: "zero"},
                 OrderedDict(role="assistant", items="shadow"), {"role": "x", "tools": None}]
     assert _with_fixed_clock(template).render(messages=messages) == _compile_jinja_template(template).render(messages=messages)
+
+
+def _renderer(name: str) -> Renderer:
+    from pipeline.templates import load_template
+
+    return Renderer(load_template(name), special_tokens_map={"eos_token": "<|eot_id|>"}, special_tokens=set())
+
+
+def test_a_wrong_single_rendering_decision_stops_the_run(monkeypatch):
+    """Llama 3's template trims message text: were it judged to only copy text, one rendering would keep the
+    whitespace the real rendering trims, and tokens would silently differ. The check renders both ways."""
+    import pipeline.stages.render as render
+
+    monkeypatch.setattr(render, "copies_text_verbatim", lambda environment, template: True)
+    renderer = _renderer("llama3")
+    assert renderer.single_rendering
+    clean = conversation(Message(role="user", content="Hi"), Message(role="assistant", content="Hello."), row=1)
+    padded = conversation(Message(role="user", content="  Hi  "), Message(role="assistant", content="Hello."), row=2)
+    with pytest.raises(PipelineError, match=r"chat template 'llama3'.* test.jsonl:2 \(id test-2\)"):
+        renderer.check_single_rendering([clean, padded], "chat template 'llama3'")
+
+
+def test_the_single_rendering_check_passes_a_template_that_copies_text_and_stops_after_its_sample():
+    renderer = _renderer("chatml")
+    assert renderer.single_rendering
+    renderer.check_single_rendering([WITH_SYSTEM] * VERIFIED_RENDERINGS, "chatml")
+    renderer.render_messages = None  # the sample is done: nothing more is rendered
+    renderer.check_single_rendering([WITH_SYSTEM], "chatml")
