@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
+
 class BatchPool:
     """`task` run on batch after batch, results in input order. With `workers > 1`, each batch is run whole in a
     worker process while the caller reads and writes; up to two batches per worker are in flight, never more, so

@@ -93,7 +93,10 @@ def train(cfg: TrainConfig) -> TrainResult | None:
     else:
         rank, world = 0, 1
     try:
-        return _train(cfg, rank=rank, world=world, device_index=local_rank if use_cuda else None)
+        result = _train(cfg, rank=rank, world=world, device_index=local_rank if use_cuda else None)
+        if ddp:
+            dist.barrier()  # rank 0 writes final/ last: no rank tears the group down while another still uses it
+        return result
     finally:
         if ddp:
             dist.destroy_process_group()
