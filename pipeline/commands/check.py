@@ -38,6 +38,7 @@ EXAMPLES = 5  # row ids listed per failing check
 _ROLE_NAMES = {"system", "user", "assistant", "observation", "tool", "ipython", "function", "developer"}
 _ROLE_OPENERS = {"im_start", "start_header_id"}  # ChatML, Llama 3: the role is the next token's text
 _WHITESPACE = re.compile(r"\s+")
+DATASETS_CACHE_PREFIX = "cache-"  # what `Dataset.map` and friends write beside the files they read
 
 
 @dataclass(frozen=True)
@@ -464,12 +465,16 @@ def check_checksums(output: Output, scan: Scan, config: CheckConfig) -> CheckRes
     differ = [f"{split}/{path.name}" for split, path, entry in files if sha256_file(path) != entry.sha256]
     problems = [f"{name}: sha256 differs from the manifest" for name in differ]
     problems += [f"{name}: unreadable ({error})" for name, error in scan.unreadable.items()]
-    on_disk = {f"{p.parent.name}/{p.name}" for split in output.shards.split_names
-               for p in (output.path / split).glob("*.arrow")}
+    arrow = [p for split in output.shards.split_names for p in (output.path / split).glob("*.arrow")]
+    caches = sorted(f"{p.parent.name}/{p.name}" for p in arrow if p.name.startswith(DATASETS_CACHE_PREFIX))
+    on_disk = {f"{p.parent.name}/{p.name}" for p in arrow} - set(caches)
     listed = {f"{split}/{path.name}" for split, path, _ in files}
     problems += [f"{name}: not in the manifest" for name in sorted(on_disk - listed)]
-    return _result("checksums", not problems, f"{len(files) - len(differ)}/{len(files)} match", "all match",
-                   "; ".join(problems) if problems else f"{len(files)} shard file(s)")
+    detail = "; ".join(problems) if problems else f"{len(files)} shard file(s)"
+    if caches:
+        detail += (f"; {len(caches)} cache file(s) that `datasets` wrote beside the shards ignored "
+                   f"({', '.join(caches[:3])}{', ...' if len(caches) > 3 else ''})")
+    return _result("checksums", not problems, f"{len(files) - len(differ)}/{len(files)} match", "all match", detail)
 
 
 CHECKS = {

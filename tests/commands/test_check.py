@@ -158,6 +158,19 @@ def test_the_checksum_count_is_of_listed_files_that_match(copy):
     assert result.status == "fail" and result.value == f"{len(listed) - 1}/{len(listed)} match", result.value
 
 
+def test_cache_files_that_datasets_writes_beside_the_shards_are_ignored_with_a_note(copy):
+    """The README's recipe (`load_from_disk`, then `map`) leaves `cache-*.arrow` files in the split folders."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(copy))
+    ds.map(lambda r: {"attention_mask": [1] * r["length"]})
+    caches = sorted((copy / "train").glob("cache-*.arrow"))
+    assert caches  # what this test is about: datasets did write them there
+    result = {r.name: r for r in run_checks(copy).results}["checksums"]
+    assert result.status == "pass", result.detail
+    assert "cache file(s) that `datasets` wrote beside the shards ignored" in result.detail
+
+
 def test_a_duplicated_row_fails_the_duplicate_check(copy):
     rewrite_rows(copy, lambda rows: rows + [{**rows[0], "id": "copy", "row": 999}])
     result = {r.name: r for r in run_checks(copy).results}
