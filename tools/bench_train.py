@@ -352,8 +352,7 @@ def _build_model(spec: dict[str, Any]) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[
             spec["dtype"]]))
     out = Path(spec["out"])
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # new: nothing of anyone's is replaced
     model.save_pretrained(tmp)
     tmp.rename(out)
     return {}
