@@ -8,10 +8,13 @@ know of: the row is kept with a remark.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pipeline.errors import Reason, RowError
 from pipeline.stages.render import holds_reserved_characters
 from pipeline.stages.row import Row
-from pipeline.stages.text_fields import field_path, template_strings
+from pipeline.stages.text_fields import Where, field_path, template_strings
 from pipeline.step import RowStep, Tally
 from pipeline.tokenizer import added_token_searches
 from schemas.records import Conversation
@@ -44,23 +47,19 @@ class ContentCheck(RowStep):
         they do. The joined text is searched once; only a row with a hit is searched field by field, to name the
         field."""
         if holds_reserved_characters(texts):
-            for where, text in template_strings(conversation):
-                if holds_reserved_characters(text):
-                    message = "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves"
-                    return RowError.of(conversation, Reason.RESERVED_CHARACTER, field_path(where), message)
+            where, _ = _first_field(conversation, holds_reserved_characters)
+            message = "text holds a private-use character (U+F0000-U+F0002) that the pipeline reserves"
+            return RowError.of(conversation, Reason.RESERVED_CHARACTER, field_path(where), message)
         if self.control_tokens is None or self.control_tokens.search(texts) is None:
             return None
-        for where, text in template_strings(conversation):
-            found = self.control_tokens.search(text)
-            if found:
-                return RowError.of(
-                    conversation,
-                    Reason.SPECIAL_TOKEN_IN_CONTENT,
-                    field_path(where),
-                    f"contains the special token {found.group(0)!r} as text (it would be tokenized as a control "
-                    "token; pass --allow-special-tokens to keep such rows)",
-                )
-        return None
+        where, found = _first_field(conversation, self.control_tokens.search)
+        return RowError.of(
+            conversation,
+            Reason.SPECIAL_TOKEN_IN_CONTENT,
+            field_path(where),
+            f"contains the special token {found.group(0)!r} as text (it would be tokenized as a control "
+            "token; pass --allow-special-tokens to keep such rows)",
+        )
 
     def added_token_remark(self, conversation: Conversation, texts: str) -> RowError | None:
         """A remark listing, by field, the added tokens that are not control tokens typed in the strings the
@@ -76,3 +75,10 @@ class ContentCheck(RowStep):
                              f"holds added tokens as text, each tokenized as one id (the row is kept): {listed}")
         remark.extra["added_tokens"] = found
         return remark
+
+
+def _first_field(conversation: Conversation, search: Callable[[str], Any]) -> tuple[Where, Any]:
+    """The first string the template is given in which `search` finds something, and what it found. Called only
+    after the joined strings gave a hit that no single string can hide (a reserved character, a control token:
+    neither holds the NUL that joins them)."""
+    return next((where, found) for where, text in template_strings(conversation) if (found := search(text)))
