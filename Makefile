@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[dev,qlora,tensorboard]"
+	$(PY) -m pip install --quiet -e ".[dev,qlora,tensorboard,ray,s3]"
 	touch $(STAMP)
 
 install: $(STAMP)
