@@ -4,7 +4,8 @@
           → [append_eos] → [drop_oldest_turns] → truncate → split
 
 Any engine runs it the same way: build a `Toolkit` and the chain once per process, then call the chain on batches
-of `(record, format)` pairs from `pipeline.stages.ingest.read_records`; the rows it passes on are the samples to
+of `(record, format)` pairs from `pipeline.stages.ingest.read_records` (or, for a config of `sources`, of
+`(Drawn, format)` pairs from `pipeline.stages.mixture.Mixture.records`); the rows it passes on are the samples to
 write, each with its split.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pipeline.encoders.choose import make_encoder
 from pipeline.stages.adapt import Adapt
 from pipeline.stages.content import ContentCheck
 from pipeline.stages.mask import AppendEos, ChooseTrained, Label, Mask
+from pipeline.stages.mixture import DrawnAdapt
 from pipeline.stages.presets import Glm4Preset, TrlCompletionMask
 from pipeline.stages.render import Render, Renderer, renderer_args, template_name
 from pipeline.stages.render_limits import RenderLimits
@@ -54,7 +56,7 @@ def build_chain(config: PreprocessConfig, toolkit: Toolkit) -> Chain:
     mask, truncation = config.mask, config.truncation
     choose = ChooseTrained(mask)
     steps: list[Step] = [
-        Adapt(config.source),
+        DrawnAdapt(config.sources) if config.sources else Adapt(config.source),
         ContentCheck(toolkit.tokenizer, toolkit.template,
                      allow_special_tokens=config.render.allow_special_tokens_in_content),
         choose,

@@ -167,7 +167,7 @@ _PREPROCESS_HELP = """Turn chat data into pre-masked Arrow shards: validate, ren
 tokenize once, map character spans to token labels, truncate, and write `datasets`-layout shards with a manifest.
 
 \b
-INPUT: files, globs or directories (or `inputs:` in --config). Flags override the config file.
+INPUT: files, globs or directories (or `inputs:` or `sources:` in --config). Flags override the config file.
 Rows that cannot be used go to DIR/rejects.jsonl with file:line and reason; the manifest counts every row.
 --out must be new, empty or an earlier output of preprocess, and apart from the inputs.
 Exit status: 0 done, 1 the run failed, 2 unusable options, inputs or --out, 130 interrupted (rerun to resume).
@@ -187,7 +187,7 @@ Examples:
 @click.argument("inputs", nargs=-1)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML config (sections: source, render, mask, truncation, output).")
+              help="YAML config (sections: inputs or sources and mixture, source, render, mask, truncation, output).")
 @_config_option("--tokenizer", "render.tokenizer",
                 "Local tokenizer directory (as AutoTokenizer.from_pretrained reads it).")
 @_config_option("--chat-template", "render.chat_template",
@@ -237,8 +237,8 @@ def preprocess_command(inputs, out, config_path, **options) -> None:
     if inputs:
         overrides["inputs"] = list(inputs)
     config = load_config(config_path, overrides)
-    if not config.inputs:
-        raise ConfigError(["inputs: give INPUT arguments or `inputs:` in --config"])
+    if not config.inputs and not config.sources:
+        raise ConfigError(["inputs: give INPUT arguments, or `inputs:` or `sources:` in --config"])
     manifest = preprocess(config, out)
     click.echo(format_summary(manifest, out))
 
@@ -253,6 +253,9 @@ def format_summary(manifest: dict, out: Path) -> str:
     for kind in ("rejected_reasons", "filtered_reasons", "notes"):
         for reason, count in acc[kind].items():
             lines.append(f"  {kind.split('_')[0]}: {reason}: {count}")
+    for source in manifest.get("sources", []):
+        lines.append(f"  source {source['path']}: drew {source['drawn']} of its {source['read']} rows: written "
+                     f"{source['written']}, rejected {source['rejected']}, filtered {source['filtered']}")
     lines.append(f"wrote {out} (rejects: {out / 'rejects.jsonl'})")
     return "\n".join(lines)
 

@@ -12,18 +12,30 @@ import gc
 import hashlib
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline import __version__
 from pipeline.chain import Toolkit, build_chain
 from pipeline.errors import InputError, PipelineError, RowError
 from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.progress import progress
-from pipeline.shards.format import MANIFEST, MANIFEST_VERSION, Manifest, ShardInfo, SplitInfo
+from pipeline.shards.format import (
+    IGNORE_INDEX,
+    MANIFEST,
+    MANIFEST_VERSION,
+    SOURCES_MANIFEST_VERSION,
+    Manifest,
+    ShardInfo,
+    SourceEntry,
+    SplitInfo,
+)
 from pipeline.shards.writer import (
     Sample,
     SampleTable,
@@ -35,9 +47,10 @@ from pipeline.shards.writer import (
     write_manifest,
 )
 from pipeline.stages.ingest import RawRecord, detect_formats, find_inputs, read_records
+from pipeline.stages.mixture import Mixture, all_inputs, find_sources
 from pipeline.stages.split import SPLITS
 from pipeline.stats import Stats
-from pipeline.step import Chain
+from pipeline.step import Chain, Outcome
 from pipeline.tokenizer import save_tokenizer, tokenizer_summary
 from pipeline.workers import BatchPool
 from schemas.config import PreprocessConfig
@@ -84,11 +97,25 @@ class BatchTask:
         outcome = self.chain(records)
         result = ChunkResult(rejects=outcome.rejected, dropped=outcome.filtered, warnings=outcome.warnings,
                              stats=outcome.stats())
+        result.stats.files = _counts_by_file(outcome)
         for row in outcome.items:
             conversation = row.conversation
             result.samples[row.split].append(
                 Sample(row.input_ids, row.labels, conversation.id, conversation.source, conversation.row))
         return result.seal()
+
+
+def _counts_by_file(outcome: Outcome) -> dict[str, Counter[str]]:
+    """Per input file: the batch's rows written, rejected and filtered, and the tokens and trained tokens written."""
+    files: dict[str, Counter[str]] = {}
+    for row in outcome.items:
+        counts = files.setdefault(row.conversation.source, Counter())
+        counts.update(written=1, tokens=len(row.input_ids),
+                      trained_tokens=int(np.count_nonzero(row.labels != IGNORE_INDEX)))
+    for kind, errors in (("rejected", outcome.rejected), ("filtered", outcome.filtered)):
+        for error in errors:
+            files.setdefault(error.source, Counter())[kind] += 1
+    return files
 
 
 def _build_task(config: PreprocessConfig) -> BatchTask:
@@ -144,9 +171,11 @@ _END = object()
 
 def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
     """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run."""
-    found = find_inputs(config.inputs)
+    sources = find_sources(config.sources)
+    found = all_inputs(sources) if sources else find_inputs(config.inputs)
     owned = claim(out, "shards", inputs=[*found.named, *found.files, *_local_paths(config)], writes=OUTPUT_PATHS)
-    formats = detect_formats(found.files, config.source)
+    mixture = Mixture.plan(sources, config.mixture) if sources else None
+    formats = mixture.formats if mixture else detect_formats(found.files, config.source)
     inputs = [_describe_input(path, fmt) for path, fmt in formats.items()]
     with _collector_paused():
         toolkit = Toolkit.load(config)
@@ -158,7 +187,7 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
         stats = Stats()
         shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
         process = functools.partial(_process_chunk, pool, batch_size=config.output.batch_size)
-        records = progress(read_records(formats, config.source), desc="preprocess")
+        records = progress(mixture.records() if mixture else read_records(formats, config.source), desc="preprocess")
         for index, chunk in enumerate(_chunks(records, config.output.rows_per_shard)):
             journal = work / f"chunk-{index:05d}.json"
             done = _load_finished_chunk(journal, work)
@@ -173,7 +202,8 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
                 shards[split].append((work / info["file"], ShardInfo(**info)))
         if not stats.balanced:
             raise PipelineError(f"internal accounting error: {stats.to_json()}")
-        return _finalize(owned, work, config, toolkit, inputs, summary, stats, shards)
+        entries = mixture.entries(stats.files) if mixture else None
+        return _finalize(owned, work, config, toolkit, inputs, summary, stats, shards, entries)
 
 
 @contextmanager
@@ -251,8 +281,10 @@ def _jsonl(errors: list[RowError]) -> bytes:
     return "".join(json.dumps(e.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for e in errors).encode("utf-8")
 
 
-def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, stats, shards) -> dict[str, Any]:
-    """Move everything into place; the manifest goes last, so a directory with one is complete."""
+def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, stats, shards,
+              sources: list[SourceEntry] | None) -> dict[str, Any]:
+    """Move everything into place; the manifest goes last, so a directory with one is complete. `sources`: the
+    per-source counts of a run of `sources` (the manifest is then of the version that has them)."""
     out = owned.root
     owned.remove(MANIFEST)
     for split in SPLITS:
@@ -269,7 +301,7 @@ def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, 
     save_tokenizer(toolkit.tokenizer, toolkit.template, owned.scratch(".tokenizer.tmp", fresh=True))
     owned.replace_dir(".tokenizer.tmp", "tokenizer")
     manifest = Manifest(
-        version=MANIFEST_VERSION,
+        version=MANIFEST_VERSION if sources is None else SOURCES_MANIFEST_VERSION,
         tool={"name": "chatshard", "version": __version__},
         config=config.model_dump(mode="json"),
         inputs=inputs,
@@ -283,6 +315,7 @@ def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, 
         splits=splits,
         accounting=stats.to_json(),
         rejects_sha256=sha256_file(out / "rejects.jsonl"),
+        sources=sources,
     )
     owned.record(MANIFEST)
     write_manifest(out, manifest)

@@ -11,7 +11,8 @@ from typing import Any
 class Stats:
     """Row accounting. `rejected` are bad rows; `filtered` are good rows dropped by policy (truncation); `notes` count
     remarks on written rows. `steps` counts per step of the chain the rows it took in and passed on and each reason
-    it gave (kept in the journal, not in the manifest)."""
+    it gave, and `files` per input file its rows written, rejected and filtered and the tokens and trained tokens
+    written (both kept in the journal, not in the manifest's `accounting`; a mixture sums `files` per source)."""
 
     read: int = 0
     written: int = 0
@@ -19,6 +20,7 @@ class Stats:
     filtered: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)
     steps: dict[str, Counter[str]] = field(default_factory=dict)
+    files: dict[str, Counter[str]] = field(default_factory=dict)
 
     def __iadd__(self, other: "Stats") -> "Stats":
         self.read += other.read
@@ -28,6 +30,8 @@ class Stats:
         self.notes.update(other.notes)
         for step, counts in other.steps.items():
             self.steps.setdefault(step, Counter()).update(counts)
+        for file, counts in other.files.items():
+            self.files.setdefault(file, Counter()).update(counts)
         return self
 
     @property
@@ -48,8 +52,9 @@ class Stats:
         }
 
     def to_journal(self) -> dict[str, Any]:
-        """`to_json` and the counts per step: what a journal keeps of a finished chunk."""
-        return {**self.to_json(), "steps": {step: dict(counts) for step, counts in self.steps.items()}}
+        """`to_json` and the counts per step and file: what a journal keeps of a finished chunk."""
+        return {**self.to_json(), "steps": {step: dict(counts) for step, counts in self.steps.items()},
+                "files": {file: dict(counts) for file, counts in self.files.items()}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Stats":
@@ -60,4 +65,5 @@ class Stats:
             filtered=Counter(data.get("filtered_reasons", {})),
             notes=Counter(data.get("notes", {})),
             steps={step: Counter(counts) for step, counts in data.get("steps", {}).items()},
+            files={file: Counter(counts) for file, counts in data.get("files", {}).items()},
         )

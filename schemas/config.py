@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from schemas.loading import read_yaml_mapping, validate_model
-from schemas.sources import SourceConfig
+from schemas.mixture import MixtureConfig, MixtureSource
+from schemas.sources import CSV_KEYS, SourceConfig
 
 Preset = Literal["default", "glm4", "trl_completion_only", "rasbt"]
 
@@ -101,9 +102,14 @@ PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 class PreprocessConfig(_Frozen):
-    """Everything one `preprocess` run needs; written in full into the manifest."""
+    """Everything one `preprocess` run needs; written in full into the manifest.
+
+    The rows come from `inputs` (every file read with `source`) or from `sources` (each entry with its own settings,
+    `source` giving the defaults of what an entry does not set, and a sampling rule combined by `mixture`)."""
 
     inputs: tuple[str, ...] = ()
+    sources: tuple[MixtureSource, ...] = ()
+    mixture: MixtureConfig = MixtureConfig()
     source: SourceConfig = SourceConfig()
     render: RenderConfig = RenderConfig()
     mask: MaskConfig = MaskConfig()
@@ -112,24 +118,64 @@ class PreprocessConfig(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _preset_defaults(cls, data: Any) -> Any:
-        """A preset fills in the settings of the tool it reproduces, unless the config sets them itself."""
-        if not isinstance(data, dict) or not isinstance(data.get("mask"), dict):
-            return data
-        defaults = PRESET_DEFAULTS.get(data["mask"].get("preset", "default"), {})
-        merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-        for section, values in defaults.items():
-            target = merged.setdefault(section, {})
-            if isinstance(target, dict):
-                for key, value in values.items():
-                    target.setdefault(key, value)
-        return merged
+    def _defaults(cls, data: Any) -> Any:
+        """A preset's settings first, then the `source` section (with them) as the defaults of each source."""
+        return _source_defaults(_preset_defaults(data))
 
     @model_validator(mode="after")
     def _combinations(self) -> "PreprocessConfig":
         if self.mask.preset == "glm4" and self.truncation.strategy != "cut_tail":
             raise ValueError("mask.preset 'glm4' reproduces GLM-4's cut at the tail: truncation.strategy must be cut_tail")
+        if self.inputs and self.sources:
+            raise ValueError("inputs and sources: give one or the other, not both")
+        if "mixture" in self.model_fields_set and not self.sources:
+            raise ValueError("mixture: only used with sources")
+        weighted = [s.weight is not None for s in self.sources]
+        if any(weighted) and not all(weighted):
+            raise ValueError("sources: weights share out mixture.total_rows, so give every source a weight or none")
+        if any(weighted) and self.mixture.total_rows is None:
+            raise ValueError("sources: weighted sources need mixture.total_rows (the rows to share out)")
+        if self.mixture.total_rows is not None and not any(weighted):
+            raise ValueError("mixture.total_rows: is shared out by weight, so give every source a weight")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A config of `inputs` dumps without the `sources` and `mixture` keys: its manifest stays as it was."""
+        data = handler(self)
+        if not self.sources:
+            data.pop("sources", None)
+            data.pop("mixture", None)
+        return data
+
+
+def _preset_defaults(data: Any) -> Any:
+    """A preset fills in the settings of the tool it reproduces, unless the config sets them itself."""
+    if not isinstance(data, dict) or not isinstance(data.get("mask"), dict):
+        return data
+    defaults = PRESET_DEFAULTS.get(data["mask"].get("preset", "default"), {})
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, values in defaults.items():
+        target = merged.setdefault(section, {})
+        if isinstance(target, dict):
+            for key, value in values.items():
+                target.setdefault(key, value)
+    return merged
+
+
+def _source_defaults(data: Any) -> Any:
+    """Each entry of `sources` takes the keys of `source` it does not set; the CSV column keys only where the entry
+    may read CSV (format csv or auto), since other formats refuse them."""
+    if not isinstance(data, dict) or not isinstance(data.get("source"), dict) or not isinstance(data.get("sources"), list):
+        return data
+    shared = data["source"]
+    entries = []
+    for entry in data["sources"]:
+        if isinstance(entry, dict):
+            reads_csv = entry.get("format", shared.get("format", "auto")) in ("auto", "csv")
+            entry = {**{k: v for k, v in shared.items() if reads_csv or k not in CSV_KEYS}, **entry}
+        entries.append(entry)
+    return {**data, "sources": entries}
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> PreprocessConfig:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Format = Literal["auto", "glm", "openai", "sharegpt", "alpaca", "csv"]
 CsvRole = Literal["system", "user", "assistant"]
 DEFAULT_CSV_MAP: dict[str, str] = {"system": "system", "user": "question", "assistant": "chosen"}
+CSV_KEYS = ("csv_map", "csv_messages_column")  # the SourceConfig keys only CSV input uses
 
 _RECORD = ConfigDict(extra="ignore", frozen=True, strict=True)
 
@@ -167,7 +168,7 @@ class SourceConfig(BaseModel):
         if "csv_map" in self.model_fields_set and self.csv_messages_column is not None:
             problems.append("csv_map and csv_messages_column: give one or the other, not both")
         if self.format not in ("auto", "csv"):
-            for name in ("csv_map", "csv_messages_column"):
+            for name in CSV_KEYS:
                 if name in self.model_fields_set:
                     problems.append(f"{name}: only used with format csv or auto, not format {self.format}")
         if problems:

@@ -9,6 +9,8 @@ Two criteria worth knowing:
 - duplicates: two rows are the same conversation when their whole token sequence (trained and untrained), decoded
   with special tokens and whitespace runs collapsed to one space, has the same sha256. Role tokens stay in the text,
   so the same words said by another role are not a duplicate; whitespace-only variants are. Counted across splits.
+  In an output of `sources`, a row from the same source file and row as an earlier one with the same text is a
+  repeated draw of that record, asked for by the config: it is counted as a repeat, not as a duplicate.
 - decode round trip (byte-level tokenizers only): `encode(decode(ids), add_special_tokens=False) == ids`, decoding
   with special tokens kept and no clean-up of spaces. A row that may have been cut (`cut_tail`, length == limit)
   may differ in its last `cut_tail_tokens` tokens, where the cut can split a character or a word.
@@ -106,7 +108,9 @@ class Scan:
     runs: int = 0
     runs_closed: int = 0
     open_runs: Found = field(default_factory=Found)
-    hashes: dict[bytes, str] = field(default_factory=dict)  # content hash -> first row's split
+    hashes: dict[bytes, tuple[str, tuple[str, int]]] = field(default_factory=dict)  # hash -> first (split, origin)
+    origins: dict[bytes, set[tuple[str, int]]] = field(default_factory=dict)  # every (source, row) of a repeated hash
+    repeats: int = 0  # rows that repeat their own record (a mixture's draws)
     duplicates: Found = field(default_factory=Found)
     cross_split_duplicates: int = 0
     round_trip_tried: int = 0
@@ -251,7 +255,9 @@ def _scan_batch(scan: Scan, batch: pa.RecordBatch, *, split: str, first: int, fi
     scan.no_trained.add(names[k] for k in np.flatnonzero(per_row == 0))
     _scan_runs(scan, ids, trained, offsets, row_of, special, names)
     _scan_roles(scan, ids, trained, offsets, row_of, markers, output.tokenizer)
-    _scan_duplicates(scan, ids, offsets, split, names, output.tokenizer)
+    origins = (list(zip(batch.column("source").to_pylist(), batch.column("row").to_pylist()))
+               if output.manifest.sources is not None else [None] * batch.num_rows)
+    _scan_duplicates(scan, ids, offsets, split, names, origins, output.tokenizer)
     for k in range(batch.num_rows):
         row_ids_k, row_labels_k = ids[offsets[k] : offsets[k + 1]], labels[offsets[k] : offsets[k + 1]]
         if byte_level and (first_global + k) % strides[0] == 0 and (
@@ -317,17 +323,22 @@ def content_hash(text: str) -> bytes:
     return hashlib.sha256(_WHITESPACE.sub(" ", text).strip().encode("utf-8")).digest()
 
 
-def _scan_duplicates(scan: Scan, ids, offsets, split, names, tokenizer) -> None:
+def _scan_duplicates(scan: Scan, ids, offsets, split, names, origins, tokenizer) -> None:
     rows = [ids[offsets[k] : offsets[k + 1]].tolist() for k in range(len(offsets) - 1)]
     texts = tokenizer.batch_decode(rows, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    for name, text in zip(names, texts):
+    for name, text, origin in zip(names, texts, origins):
         key = content_hash(text)
         first = scan.hashes.get(key)
         if first is None:
-            scan.hashes[key] = split
-        else:
-            scan.duplicates.add([name])
-            scan.cross_split_duplicates += first != split
+            scan.hashes[key] = (split, origin)
+            continue
+        seen = scan.origins.setdefault(key, {first[1]})
+        if origin is not None and origin in seen:
+            scan.repeats += 1
+            continue
+        seen.add(origin)
+        scan.duplicates.add([name])
+        scan.cross_split_duplicates += first[0] != split
 
 
 def round_trips(tokenizer, ids: np.ndarray, *, tolerance: int = 0) -> bool:
@@ -370,8 +381,27 @@ def check_accounting(output: Output, scan: Scan, config: CheckConfig) -> CheckRe
                 problems.append(f"{split}: manifest {key} {getattr(info, key)}, shards hold {found}")
     if sum(scan.rows.values()) != acc.written:
         problems.append(f"written {acc.written} != rows in the shards {sum(scan.rows.values())}")
+    problems += _source_problems(output.manifest)
     value = f"read {acc.read} = written {acc.written} + rejected {acc.rejected} + filtered {acc.filtered}"
     return _result("accounting", not problems, value if not problems else "broken", "exact", "; ".join(problems))
+
+
+def _source_problems(manifest: Manifest) -> list[str]:
+    """A manifest with `sources`: each source balanced, and the sources adding up to the run's totals."""
+    if manifest.sources is None:
+        return []
+    problems = [f"source {s.path}: drawn {s.drawn} != written {s.written} + rejected {s.rejected} + filtered "
+                f"{s.filtered}" for s in manifest.sources if s.drawn != s.written + s.rejected + s.filtered]
+    acc = manifest.accounting
+    totals = {"read": (acc.read, "drawn"), "written": (acc.written, "written"), "rejected": (acc.rejected, "rejected"),
+              "filtered": (acc.filtered, "filtered"),
+              "tokens": (sum(i.tokens for i in manifest.splits.values()), "tokens"),
+              "trained_tokens": (sum(i.trained_tokens for i in manifest.splits.values()), "trained_tokens")}
+    for name, (total, key) in totals.items():
+        by_source = sum(getattr(s, key) for s in manifest.sources)
+        if by_source != total:
+            problems.append(f"{name} {total} != the sources' {key} {by_source}")
+    return problems
 
 
 def check_reject_rate(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
@@ -424,6 +454,8 @@ def check_duplicates(output: Output, scan: Scan, config: CheckConfig) -> CheckRe
     threshold = f"rate <= {config.max_duplicate_rate}" + (
         f", count <= {config.max_duplicates}" if config.max_duplicates is not None else "")
     detail = f"{count} duplicate rows ({scan.cross_split_duplicates} repeat a row of another split)"
+    if scan.repeats:
+        detail += f"; {scan.repeats} repeated draws of a record (sources) not counted"
     if count:
         detail += ": " + scan.duplicates.describe()
     return _result("duplicates", ok, round(rate, 6), threshold, detail)

@@ -1,7 +1,8 @@
 """A self-contained HTML report of a `check` run: inline CSS, inline SVG charts drawn here, no scripts, no assets.
 
 Sections: the check table, a length histogram against the limit, the trained share per role (per split when the
-tokenizer has no role tokens), what was rejected or dropped and why, and a few samples with trained tokens marked.
+tokenizer has no role tokens), the rows and tokens per source (for a run of `sources`), what was rejected or dropped
+and why, and a few samples with trained tokens marked.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def render_report(report: CheckReport) -> str:
         "<h2>Checks</h2>", _check_table(report),
         "<h2>Length distribution</h2>", _length_section(report),
         "<h2>Trained share</h2>", _trained_section(report),
+        *(["<h2>Sources</h2>", _sources_section(report)] if manifest.sources is not None else []),
         "<h2>Rejects and drops</h2>", _rejects_section(report),
         "<h2>Samples</h2>", _samples_section(report),
     ]
@@ -138,6 +140,19 @@ def _trained_section(report: CheckReport) -> str:
         html = ("<p class='muted'>per role (a role runs from the token after its role token to the next role token, so "
                 "an end-of-turn role token counts for the turn it ends)</p>" + share_bars_svg(roles) + html)
     return html
+
+
+def _sources_section(report: CheckReport) -> str:
+    """One row per entry of the config's `sources`: rows held, drawn, and what became of them; tokens written."""
+    head = "".join(f"<th>{name}</th>" for name in ("source", "read", "drawn", "written", "rejected", "filtered",
+                                                    "tokens", "trained tokens"))
+    rows = "".join(
+        f"<tr><td>{escape(s.path)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in (
+            s.read, s.drawn, s.written, s.rejected, s.filtered, s.tokens))
+        + f"<td class='num'>{s.trained_tokens} ({s.trained_tokens / s.tokens if s.tokens else 0:.1%})</td></tr>"
+        for s in report.output.manifest.sources)
+    return ("<p class='muted'>read: rows the source holds; drawn: rows the mixture took (repeats included) = written "
+            f"+ rejected + filtered</p><table><tr>{head}</tr>{rows}</table>")
 
 
 def _rejects_section(report: CheckReport) -> str:

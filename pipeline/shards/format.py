@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 
 IGNORE_INDEX = -100  # labels that are not trained (the Hugging Face / PyTorch cross-entropy convention)
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1  # what this version writes
-READABLE_VERSIONS = (1,)  # what this version reads
+MANIFEST_VERSION = 1  # what this version writes for a run of `inputs`
+SOURCES_MANIFEST_VERSION = 2  # what it writes for a run of `sources`: version 1 and a `sources` list
+READABLE_VERSIONS = (1, 2)  # what this version reads
 
 FEATURES = {
     "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
@@ -130,6 +131,21 @@ class InputFile(_Entry):
     sha256: Sha256
 
 
+class SourceEntry(_Entry):
+    """One entry of the config's `sources`: `read` rows the source holds, `drawn` rows the mixture took from them
+    (repeats included), and what became of the drawn rows: drawn = written + rejected + filtered (checked by
+    `check`); `tokens` and `trained_tokens` of the rows written."""
+
+    path: str
+    read: NonNegativeInt
+    drawn: NonNegativeInt
+    written: NonNegativeInt
+    rejected: NonNegativeInt
+    filtered: NonNegativeInt
+    tokens: NonNegativeInt
+    trained_tokens: NonNegativeInt
+
+
 class ToolInfo(_Entry):
     name: Literal["chatshard"]
     version: str
@@ -148,6 +164,7 @@ class Manifest(_Entry):
     splits: dict[str, SplitInfo]
     accounting: Accounting
     rejects_sha256: Sha256
+    sources: list[SourceEntry] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -158,4 +175,18 @@ class Manifest(_Entry):
             known = ", ".join(map(str, READABLE_VERSIONS))
             raise ValueError(f"version {version!r} is not one this chatshard reads ({known}): "
                              "written by another version of the tool")
+        return data
+
+    @model_validator(mode="after")
+    def _sources_by_version(self) -> "Manifest":
+        """Version 2 has the `sources` list, version 1 has none."""
+        if (self.version == SOURCES_MANIFEST_VERSION) != (self.sources is not None):
+            needs = "needs a sources list" if self.sources is None else "has no sources list"
+            raise ValueError(f"version {self.version} {needs}")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        if self.sources is None:
+            del data["sources"]
         return data

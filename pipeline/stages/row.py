@@ -34,7 +34,8 @@ class Rendered:
 @dataclass
 class Row:
     """One conversation on its way through the steps. `trained`: the messages whose text the mask takes from the
-    rendering, which the renderer must therefore find verbatim. `remarks`: remarks listed once the row is written."""
+    rendering, which the renderer must therefore find verbatim. `remarks`: remarks listed once the row is written.
+    `split_key`: the id the split is chosen by, when not the conversation's (every draw of a record shares one)."""
 
     conversation: Conversation
     trained: frozenset[int] = frozenset()
@@ -44,3 +45,4 @@ class Row:
     labels: np.ndarray | None = None
     split: str | None = None
     remarks: list[RowError] = field(default_factory=list)
+    split_key: str | None = None

@@ -28,7 +28,7 @@ class Split(RowStep):
         self.eval_fraction, self.seed = eval_fraction, seed
 
     def row(self, row: Row, tally: Tally) -> Row:
-        row.split = assign_split(row.conversation.id, self.eval_fraction, self.seed)
+        row.split = assign_split(row.split_key or row.conversation.id, self.eval_fraction, self.seed)
         for remark in row.remarks:
             tally.warn(remark)
         return row
