@@ -352,3 +352,32 @@ def test_is_byte_level_reads_only_the_decoder():
     assert is_byte_level(Tokenizer()) is True
     Backend.decoder = None
     assert is_byte_level(Tokenizer()) is False
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """An output of two sources: ten chats drawn 1.5 times (five of them twice) and four chats once."""
+    root = tmp_path_factory.mktemp("mixed")
+    for name, rows in (("a.jsonl", range(10)), ("b.jsonl", range(10, 14))):
+        (root / name).write_text("".join(json.dumps(chat(k), ensure_ascii=False) + "\n" for k in rows), encoding="utf-8")
+    config = load_config(None, {"sources": [{"path": str(root / "a.jsonl"), "epochs": 1.5}, {"path": str(root / "b.jsonl")}],
+                                "render.tokenizer": str(DEMO_TOKENIZER), "output.eval_split": 0.2})
+    preprocess(config, root / "out")
+    return root / "out"
+
+
+def test_an_output_of_sources_passes_and_its_repeated_draws_are_not_duplicates(mixed):
+    report = run_checks(mixed)
+    assert report.passed, report.to_markdown()
+    result = {r.name: r for r in report.results}
+    assert "5 repeated draws of a record (sources) not counted" in result["duplicates"].detail
+
+
+def test_a_source_that_does_not_balance_fails_the_accounting(mixed, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(mixed, out)
+    edit_manifest(out, lambda m: m["sources"][0].update(written=m["sources"][0]["written"] - 1))
+    result = {r.name: r for r in run_checks(out).results}["accounting"]
+    assert result.status == "fail"
+    assert "a.jsonl: drawn 15 != written 14 + rejected 0 + filtered 0" in result.detail
+    assert "written 19 != the sources' written 18" in result.detail

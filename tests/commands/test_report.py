@@ -63,3 +63,16 @@ def test_chromium_renders_it(report, tmp_path):
     subprocess.run([chromium, *flags, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=60, cwd=tmp_path)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_an_output_of_sources_gets_a_table_per_source_and_one_of_inputs_none(report, tmp_path):
+    assert "<h2>Sources</h2>" not in render_report(report)
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Q{k}"}, {"role": "assistant", "content": f"A{k}"}]}) + "\n" for k in range(4)))
+    config = load_config(None, {"sources": [{"path": str(tmp_path / "a.jsonl"), "epochs": 2}],
+                                "render.tokenizer": str(DEMO_TOKENIZER)})
+    preprocess(config, tmp_path / "out")
+    html = render_report(run_checks(tmp_path / "out"))
+    table = html[html.index("<h2>Sources</h2>"):html.index("<h2>Rejects")]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", table)
+    assert cells[0].endswith("a.jsonl") and cells[1:6] == ["4", "8", "8", "0", "0"]  # read, drawn, written, ...
