@@ -4,8 +4,8 @@
 and that every shard file it lists is there. Splits are then read from the files the manifest lists, memory-mapped:
 the token lists stay in the page cache, not in this process's heap, and arrays are zero-copy views of the mapped
 buffers. `Shards.split` opens a whole split for random access (its per-row offsets in memory); `Shards.stream` reads
-one record batch at a time, for a pass whose memory must stay flat however large the output. No tokenizer and no template are loaded here: the
-trainer reads only the manifest and the Arrow files.
+one record batch at a time, for a pass whose memory must stay flat however large the output. No tokenizer and no
+template are loaded here: the trainer reads only the manifest and the Arrow files.
 """
 from __future__ import annotations
 
