@@ -171,7 +171,7 @@ class DiffReport:
         lines += [f"| `{name}` | {_cell(values['old'])} | {_cell(values['new'])} |"
                   for name, values in self.build.items()]
         if self.examples:
-            lines += ["", f"### First {len(self.examples)} changed rows ({MARK}: first difference, "
+            lines += ["", f"### First changed rows ({MARK}: first difference, "
                           f"{OPEN}...{CLOSE}: trained)"]
             for ex in self.examples:
                 old, new = ex["old"], ex["new"]
