@@ -203,3 +203,11 @@ def test_per_source_counts_when_the_manifests_have_them(builds, monkeypatch):
     build_diff = diff_builds(builds["base"], builds["edited"], show=0).build
     assert build_diff["sources.a.jsonl.written"] == {"old": 8, "new": 7}
     assert not any(name.startswith("sources.b.jsonl") for name in build_diff)
+
+
+def test_rows_moved_to_another_split_are_not_changed(builds, tmp_path):
+    split = build(tmp_path, "split", ROWS, **{"output.eval_split": 0.5})
+    report = diff_builds(builds["base"], split).to_json()
+    moved = len(datasets.load_from_disk(str(split))["eval"])
+    assert moved and report["moved"] == moved and report["changed"] == 0 and report["unchanged"] == len(ROWS)
+    assert f"{moved} rows moved to another split" in diff_builds(builds["base"], split).to_markdown()
