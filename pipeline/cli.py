@@ -334,6 +334,48 @@ def show_command(directory, index, row_id, split, ids, color) -> None:
     click.echo(show(directory, split=split, index=index, row_id=row_id, highlight=highlight, ids=ids), color=color)
 
 
+# --- diff ----------------------------------------------------------------------------------------------------------
+_DIFF_HELP = """What changed between two preprocess outputs, for CI: rows added, removed and changed (matched by
+id; input_ids, labels or both), tokens and trained tokens before and after, and what built them (tokenizer, chat
+template, encoder, config keys, tool version, rejected and filtered rows per reason and per source). The first
+changed rows are shown decoded around their first difference, with each build's own tokenizer.
+
+\b
+OLD, NEW: --out directories of `preprocess`. Both are streamed: memory stays flat on large builds.
+Thresholds: a value below 1 is a fraction (0.05: 5% of rows, or of trained tokens), 1 or more a count.
+Exit status: 0 within the thresholds, 1 over one, 2 OLD or NEW is not a usable output or an option is invalid.
+
+\b
+Examples:
+  python -m pipeline diff out/main out/shards                  # Markdown, for a pull-request comment
+  python -m pipeline diff out/main out/shards --max-changed-trained-tokens 0.05 --max-changed-rows 100
+  python -m pipeline diff small-shards out/shards --show 1 --json | jq '{added, removed, changed}'
+"""
+
+
+@main.command("diff", help=_DIFF_HELP)
+@click.argument("old", metavar="OLD", type=click.Path(path_type=Path))
+@click.argument("new", metavar="NEW", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (added, removed, changed, details).")
+@click.option("--max-changed-rows", type=click.FloatRange(min=0), metavar="F",
+              help="Exit 1 when more rows than this are added, removed or changed (below 1: a fraction).")
+@click.option("--max-changed-trained-tokens", type=click.FloatRange(min=0), metavar="F",
+              help="Exit 1 when more trained tokens than this are in rows that differ (below 1: a fraction).")
+@click.option("--show", default=3, show_default=True, type=click.IntRange(min=0), metavar="N",
+              help="Changed rows to show decoded around their first difference.")
+@click.pass_context
+@_exit_codes()
+def diff_command(ctx, old, new, as_json, max_changed_rows, max_changed_trained_tokens, show) -> None:
+    import json as json_
+
+    from pipeline.commands.diff import diff_builds
+
+    report = diff_builds(old, new, show=show, max_changed_rows=max_changed_rows,
+                         max_changed_trained_tokens=max_changed_trained_tokens)
+    click.echo(json_.dumps(report.to_json(), ensure_ascii=False) if as_json else report.to_markdown())
+    ctx.exit(0 if report.passed else 1)
+
+
 # --- train ---------------------------------------------------------------------------------------------------------
 _TRAIN_EXAMPLES = """Train a causal LM on the shards written by `preprocess` (reads only the shards: no tokenizer, no
 template). Flags override the YAML config; every flag has a config key of the same name with '_' for '-'.

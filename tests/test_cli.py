@@ -80,7 +80,7 @@ def test_the_shipped_default_config_is_valid():
 
 
 def test_every_command_has_help_with_examples():
-    assert set(main.commands) == {"validate", "preprocess", "check", "show", "train"}
+    assert set(main.commands) == {"validate", "preprocess", "check", "show", "diff", "train"}
     for command in main.commands:
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0, command

@@ -61,6 +61,7 @@ def workspace(tmp_path_factory) -> Path:
                                       .replace("Seven.", "七。").encode("gb18030"))
     with _cwd(root):
         assert _invoke(["preprocess", "--config", "data/preprocess.yaml", "--out", "out/shards"]).exit_code == 0
+        shutil.copytree("out/shards", "out/main")  # the build a `diff` example compares with
         # the trainer's examples run on a few rows, so that each takes seconds
         few = (root / "data/samples/glm_messages.jsonl").read_text().splitlines(keepends=True)[:6]
         (root / "few.jsonl").write_text("".join(few))

@@ -3,7 +3,9 @@
 `open_shards` validates `manifest.json` against the `Manifest` model (an `InputError` names the file and the field)
 and that every shard file it lists is there. Splits are then read from the files the manifest lists, memory-mapped:
 the token lists stay in the page cache, not in this process's heap, and arrays are zero-copy views of the mapped
-buffers. No tokenizer and no template are loaded here: the trainer reads only the manifest and the Arrow files.
+buffers. `Shards.split` opens a whole split for random access (its per-row offsets in memory); `Shards.stream` reads
+one record batch at a time, for a pass whose memory must stay flat however large the output. No tokenizer and no
+template are loaded here: the trainer reads only the manifest and the Arrow files.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +69,32 @@ class RowSample:
     id: str
     input_ids: np.ndarray
     labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """One record batch of a split, streamed: its rows' provenance columns and flat token arrays (views of the mapped
+    file, valid while the batch is in hand)."""
+
+    split: str
+    start: int  # the split index of its first row
+    batch: pa.RecordBatch
+    offsets: np.ndarray  # row k is values[offsets[k]:offsets[k + 1]]
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def column(self, name: str) -> list[Any]:
+        """A provenance column (`id`, `source`, `row`) as Python values."""
+        return self.batch.column(name).to_pylist()
+
+    def row(self, k: int) -> RowSample:
+        """Row `k` of the batch, its arrays copied (so it outlives the batch)."""
+        lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
+        return RowSample(self.split, self.start + k, self.batch.column("id")[k].as_py(),
+                         self.input_ids[lo:hi].copy(), self.labels[lo:hi].copy())
 
 
 @dataclass(frozen=True)
@@ -151,6 +179,33 @@ class Shards:
     def splits(self) -> dict[str, Split]:
         return {name: self.split(name) for name in self.split_names}
 
+    @property
+    def sources(self) -> list[dict[str, Any]]:
+        """The per-source counts of a build made from `sources:` (the manifest's `sources` list), else []."""
+        return [entry.to_json() for entry in getattr(self.manifest, "sources", None) or []]
+
+    def stream(self, name: str, columns: tuple[str, ...] = COLUMNS) -> Iterator[RowBatch]:
+        """The record batches of split `name` in order, one at a time, each checked as `split` checks it and holding
+        at least `columns`; memory stays flat however many rows the split has."""
+        start = 0
+        for file, _ in self.files(name):
+            try:
+                for batch in iter_batches(file):
+                    offsets, input_ids, labels = _token_arrays(batch, file, columns)
+                    yield RowBatch(name, start, batch, offsets, input_ids, labels)
+                    start += batch.num_rows
+            except (OSError, pa.ArrowInvalid) as e:
+                raise InputError(f"{file}: not a readable Arrow stream: {e}") from None
+
+    def take(self, name: str, indices: list[int]) -> list[RowSample]:
+        """The rows of split `name` at `indices` (in that order), read by streaming: for a few rows of a large split."""
+        wanted, found = set(indices), {}
+        for batch in self.stream(name):
+            found.update({i: batch.row(i - batch.start) for i in wanted if batch.start <= i < batch.start + len(batch)})
+            if len(found) == len(wanted):
+                break
+        return [found[i] for i in indices if i in found]
+
     def config_section(self, key: str, model: type[Section]) -> Section:
         """Section `key` of the recorded preprocess config, validated against this version's `model`."""
         try:
@@ -181,20 +236,33 @@ def _open_split(name: str, files: list[Path]) -> Split:
             raise InputError(f"{file}: not a readable Arrow stream: {e}") from None
     where = files[0].parent if files else name
     table = pa.Table.from_batches(batches) if batches else SCHEMA.empty_table()
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
+    _require_columns(table.schema, where)
     chunks, counts = [], []
     for batch in batches:
-        ids_col, labels_col = batch.column("input_ids"), batch.column("labels")
-        if ids_col.null_count or labels_col.null_count:
-            raise InputError(f"{where}: null input_ids or labels")
-        offsets, ids = row_arrays(ids_col)
-        label_offsets, labels = row_arrays(labels_col)
-        if not np.array_equal(offsets, label_offsets):
-            raise InputError(f"{where}: input_ids and labels differ in length in some rows")
+        offsets, ids, labels = _token_arrays(batch, where)
         chunks.append((ids, labels, offsets))
         counts.append(len(offsets) - 1)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     lengths = np.concatenate([np.diff(c[2]) for c in chunks]).astype(np.int64) if chunks else np.zeros(0, np.int64)
     return Split(name=name, table=table, chunks=chunks, starts=starts, lengths=lengths)
+
+
+def _require_columns(schema: pa.Schema, where: Path | str, columns: tuple[str, ...] = COLUMNS) -> None:
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
+def _token_arrays(batch: pa.RecordBatch, where: Path | str, columns: tuple[str, ...] = COLUMNS
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets, input_ids values, labels values) of a batch; `InputError` for a missing column, a null list or
+    token lists whose lengths differ from their labels'."""
+    _require_columns(batch.schema, where, columns)
+    ids_col, labels_col = batch.column("input_ids"), batch.column("labels")
+    if ids_col.null_count or labels_col.null_count:
+        raise InputError(f"{where}: null input_ids or labels")
+    offsets, ids = row_arrays(ids_col)
+    label_offsets, labels = row_arrays(labels_col)
+    if not np.array_equal(offsets, label_offsets):
+        raise InputError(f"{where}: input_ids and labels differ in length in some rows")
+    return offsets, ids, labels

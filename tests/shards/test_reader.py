@@ -101,6 +101,30 @@ def test_unreadable_and_misaligned_shards(out):
         open_shards(out).split("train")
 
 
+def test_stream_reads_every_row_in_order_one_batch_at_a_time(out):
+    shards = open_shards(out)
+    batches = list(shards.stream("train"))
+    assert [(b.start, len(b)) for b in batches] == [(0, 3), (3, 3), (6, 2)]  # one batch per shard file here
+    streamed = [b.row(k) for b in batches for k in range(len(b))]
+    train = shards.split("train")
+    for k, row in enumerate(streamed):
+        assert (row.split, row.index, row.id) == ("train", k, train.row(k).id)
+        assert row.input_ids.tolist() == train.row(k).input_ids.tolist()
+        assert row.labels.tolist() == train.row(k).labels.tolist()
+    assert batches[1].column("id") == ["row-3", "row-4", "row-5"]
+    assert [r.index for r in shards.take("train", [7, 2, 4])] == [7, 2, 4]
+    assert shards.take("train", [99]) == [] and shards.sources == []
+
+
+def test_stream_refuses_what_split_refuses(out):
+    path = out / "train" / "data-00001-of-00003.arrow"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(InputError, match="data-00001-of-00003.arrow: not a readable Arrow stream"):
+        list(open_shards(out).stream("train"))
+    with pytest.raises(InputError, match=r"missing column\(s\) nope, x"):
+        list(open_shards(out).stream("eval", columns=("input_ids", "labels", "id", "source", "nope", "x")))
+
+
 def test_check_tokens_refuses_ids_outside_the_vocabulary_and_shifted_labels(tmp_path):
     good = open_shards(write_output(tmp_path / "a", {"train": rows(4)}, vocab_size=32)).split("train")
     good.check_tokens(32)
