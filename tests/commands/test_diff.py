@@ -196,11 +196,25 @@ def test_small_buckets_and_repeated_ids_give_the_same_answer(tmp_path, builds):
         assert diff_builds(*pair, rows_per_bucket=2).to_json() == diff_builds(*pair).to_json()
 
 
-def test_per_source_counts_when_the_manifests_have_them(builds, monkeypatch):
-    counts = {builds["base"]: 8, builds["edited"]: 7}
-    monkeypatch.setattr(Shards, "sources", property(lambda self: [
-        {"path": "a.jsonl", "drawn": 8, "written": counts[self.path]}, {"path": "b.jsonl", "drawn": 2, "written": 2}]))
-    build_diff = diff_builds(builds["base"], builds["edited"], show=0).build
+def mixture_build(root: Path, name: str, max_rows: int) -> Path:
+    """A build of two `sources:`, drawing `max_rows` rows of the first and all of the second."""
+    data = root / "data" / name
+    data.mkdir(parents=True)
+    for file, rows in (("a.jsonl", ROWS), ("b.jsonl", ROWS[:2])):
+        (data / file).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = load_config(None, {"sources": [{"path": "a.jsonl", "max_rows": max_rows}, {"path": "b.jsonl"}],
+                                "render.tokenizer": str(DEMO_TOKENIZER)})
+    out = root / name
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(data)
+        preprocess(config, out)
+    return out
+
+
+def test_per_source_counts_of_mixture_builds(tmp_path):
+    old, new = mixture_build(tmp_path, "old", 8), mixture_build(tmp_path, "new", 7)
+    build_diff = diff_builds(old, new, show=0).build
+    assert build_diff["sources.a.jsonl.drawn"] == {"old": 8, "new": 7}
     assert build_diff["sources.a.jsonl.written"] == {"old": 8, "new": 7}
     assert not any(name.startswith("sources.b.jsonl") for name in build_diff)
 
