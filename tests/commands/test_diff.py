@@ -15,7 +15,6 @@ from pipeline.cli import main
 from pipeline.commands.diff import MARK, diff_builds, first_difference
 from pipeline.run import preprocess
 from pipeline.shards.format import IGNORE_INDEX
-from pipeline.shards.reader import Shards
 from schemas.config import TruncationConfig, load_config
 from tests.conftest import DEMO_TOKENIZER, demo_tokenizer, shared_path
 
