@@ -23,7 +23,7 @@ from pipeline.chain import Toolkit, build_chain
 from pipeline.errors import InputError, PipelineError, RowError
 from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.progress import progress
-from pipeline.shards.format import MANIFEST, MANIFEST_VERSION, Manifest, ShardInfo, SplitInfo
+from pipeline.shards.format import MANIFEST, MANIFEST_VERSION, InputFile, Manifest, ShardInfo, SplitInfo
 from pipeline.shards.writer import (
     Sample,
     SampleTable,
@@ -34,7 +34,8 @@ from pipeline.shards.writer import (
     write_dataset_dict,
     write_manifest,
 )
-from pipeline.stages.ingest import RawRecord, detect_formats, find_inputs, read_records
+from pipeline.stages.ingest import InputPath, RawRecord, detect_formats, find_inputs, read_records
+from pipeline.stages.remote import RemoteFile
 from pipeline.stages.split import SPLITS
 from pipeline.stats import Stats
 from pipeline.step import Chain
@@ -144,8 +145,8 @@ _END = object()
 
 def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
     """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run."""
-    found = find_inputs(config.inputs)
-    owned = claim(out, "shards", inputs=[*found.named, *found.files, *_local_paths(config)], writes=OUTPUT_PATHS)
+    found = find_inputs(config.inputs, config.source.storage_options)
+    owned = claim(out, "shards", inputs=[*found.local, *_local_paths(config)], writes=OUTPUT_PATHS)
     formats = detect_formats(found.files, config.source)
     inputs = [_describe_input(path, fmt) for path, fmt in formats.items()]
     with _collector_paused():
@@ -195,8 +196,11 @@ def _local_paths(config: PreprocessConfig) -> list[Path]:
     return [Path(p) for p in named if p and Path(p).exists()]
 
 
-def _describe_input(path: Path, fmt: str) -> dict[str, Any]:
-    """The manifest's entry for one input file of format `fmt`; `InputError` naming the file when it cannot be read."""
+def _describe_input(path: InputPath, fmt: str) -> dict[str, Any]:
+    """The manifest's entry for one input file of format `fmt`; `InputError` naming the file when it cannot be read.
+    A remote file is described by its store's etag or version and size, not read a second time."""
+    if isinstance(path, RemoteFile):
+        return InputFile(**path.describe(), format=fmt).to_json()
     try:
         return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size, "format": fmt}
     except OSError as e:
