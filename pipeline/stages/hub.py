@@ -49,7 +49,7 @@ def hub_files(spec: str, storage_options: Mapping[str, Any]) -> list[RemoteFile]
         raise InputError(f"{spec}: cannot resolve the dataset: {e}") from None
     splits = builder.config.data_files or {}
     if SPLIT not in splits:
-        raise InputError(f"{spec}: no {SPLIT!r} split (it has {', '.join(sorted(splits)) or 'no data files'})")
+        raise InputError(f"{spec}: no {SPLIT!r} split (it has {', '.join(sorted(map(str, splits))) or 'no data files'})")
     if root is None:
         return [_hub_file(str(url), storage_options) for url in splits[SPLIT]]
     commit = Path(root).name  # a snapshot folder is named by its commit
