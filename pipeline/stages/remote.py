@@ -74,14 +74,15 @@ def filesystem(url: str, storage_options: Mapping[str, Any]) -> tuple[Any, str]:
 
 def find_remote(spec: str, storage_options: Mapping[str, Any], suffixes: tuple[str, ...]) -> list[RemoteFile]:
     """The files one remote argument names: a file, a glob, or a prefix (a folder, searched recursively for input
-    `suffixes`; folders holding this tool's outputs are skipped). Each group sorted by path."""
+    `suffixes`; folders holding this tool's outputs are skipped). Each group sorted by path. The listing's own
+    details (size, etag) describe each file: no request per file."""
     fs, path = filesystem(spec, storage_options)
     try:
         if glob.has_magic(path):
-            infos = fs.glob(path, detail=True)
-            files = [p for p, info in infos.items() if info.get("type") == "file"]
-            for folder in (p for p, info in infos.items() if info.get("type") == "directory"):
-                files.extend(_under(fs, folder, suffixes))
+            matches = fs.glob(path, detail=True)
+            files = {p: info for p, info in matches.items() if info.get("type") == "file"}
+            for folder in (p for p, info in matches.items() if info.get("type") == "directory"):
+                files.update(_under(fs, folder, suffixes))
             if not files:
                 raise InputError(f"{spec}: no file matches")
         elif fs.isdir(path):
@@ -89,26 +90,22 @@ def find_remote(spec: str, storage_options: Mapping[str, Any], suffixes: tuple[s
             if not files:
                 raise InputError(f"{spec}: holds no {', '.join(suffixes)} file")
         elif fs.isfile(path):
-            files = [path]
+            files = {path: fs.info(path)}
         else:
             raise InputError(f"{spec}: no such file or prefix")
-        return [_remote_file(fs, p) for p in sorted(set(files))]
-    except (OSError, PermissionError) as e:
+    except OSError as e:
         raise InputError(f"{spec}: cannot list: {e}") from None
+    return [RemoteFile(url=fs.unstrip_protocol(p), path=p, size=int(info.get("size") or 0), etag=etag_of(info),
+                       version=version_of(info), fs=fs) for p, info in sorted(files.items())]
 
 
-def _under(fs: Any, folder: str, suffixes: tuple[str, ...]) -> list[str]:
-    """Input files below `folder`, except those inside an output directory of this tool (it holds a ledger)."""
-    found = fs.find(folder)
+def _under(fs: Any, folder: str, suffixes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Input files below `folder` with their details, except those inside an output directory of this tool (it
+    holds a ledger)."""
+    found = fs.find(folder, detail=True)
     outputs = {str(PurePosixPath(p).parent) for p in found if PurePosixPath(p).name == LEDGER}
-    return [p for p in found if p.lower().endswith(suffixes)
-            and not any(p.startswith(out + "/") for out in outputs)]
-
-
-def _remote_file(fs: Any, path: str) -> RemoteFile:
-    info = fs.info(path)
-    return RemoteFile(url=fs.unstrip_protocol(path), path=path, size=int(info.get("size") or 0),
-                      etag=etag_of(info), version=version_of(info), fs=fs)
+    return {p: info for p, info in found.items() if p.lower().endswith(suffixes)
+            and not any(p.startswith(out + "/") for out in outputs)}
 
 
 def etag_of(info: Mapping[str, Any]) -> str | None:

@@ -25,6 +25,9 @@ def test_s3_inputs_give_the_same_shards_as_the_local_files_and_are_fingerprinted
     urls = {str(jsonl): _upload(s3_env, "data/chats.jsonl", jsonl), str(parquet): _upload(s3_env, "data/x/chats.parquet", parquet)}
     (tmp_path / "notes.txt").write_text("not data")
     _upload(s3_env, "data/notes.txt", tmp_path / "notes.txt")
+    (tmp_path / "rejects.jsonl").write_text('{"source": "x", "reason": "invalid_json"}\n')
+    for key in ("data/old-out/.chatshard.json", "data/old-out/rejects.jsonl"):  # an earlier output: not input
+        _upload(s3_env, key, tmp_path / "rejects.jsonl")
     reference = build([str(jsonl), str(parquet)], tmp_path / "local")
     monkeypatch.chdir(tmp_path)  # `s3:/BUCKET/...` below is a local folder: never the input's place
     out = tmp_path / "s3:" / s3_env / "data" / "out"
