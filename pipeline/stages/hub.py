@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import fsspec
+
 from pipeline.errors import InputError
 from pipeline.stages.remote import RemoteFile, etag_of, filesystem
 
@@ -35,16 +37,15 @@ def hub_files(spec: str, storage_options: Mapping[str, Any]) -> list[RemoteFile]
 
     match = _REPO.match(spec)
     repo, revision = match["repo"], match["revision"]
+    root = None  # offline: the cached snapshot, which datasets reads as a local folder
     if constants.HF_HUB_OFFLINE:
         try:
             root = snapshot_download(repo, repo_type="dataset", revision=revision, local_files_only=True)
         except LocalEntryNotFoundError:
             raise InputError(f"{spec}: not in the local hub cache, and HF_HUB_OFFLINE is set") from None
-        target = root
-    else:
-        root, target = None, repo
     try:
-        builder = datasets.load_dataset_builder(target, revision=None if root else revision)
+        builder = datasets.load_dataset_builder(root, revision=None) if root else \
+            datasets.load_dataset_builder(repo, revision=revision)
     except Exception as e:  # datasets raises many kinds (missing repo, no data files, bad README yaml)
         raise InputError(f"{spec}: cannot resolve the dataset: {e}") from None
     splits = builder.config.data_files or {}
@@ -66,8 +67,6 @@ def _hub_file(url: str, storage_options: Mapping[str, Any]) -> RemoteFile:
 
 def _cached_file(path: Path, root: Path, repo: str, commit: str) -> RemoteFile:
     """A file of a cached snapshot, named as on the hub. The cache stores it as a blob named by its hub etag."""
-    import fsspec
-
     relative = path.relative_to(root).as_posix()
     return RemoteFile(url=f"hf://datasets/{repo}@{commit}/{relative}", path=str(path), size=path.stat().st_size,
                       etag=Path(os.path.realpath(path)).name, version=commit, fs=fsspec.filesystem("file"))
