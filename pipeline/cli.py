@@ -125,7 +125,8 @@ _VALIDATE_HELP = """Check input files without tokenizing: read every row, adapt 
 apply the validation rules, and report accepted and rejected rows per reason.
 
 \b
-INPUT: files, globs or directories (searched recursively for .json .jsonl .csv, optionally .gz).
+INPUT: files, globs or directories (searched recursively for .json .jsonl .csv, optionally .gz, and
+.parquet .arrow), datasets.save_to_disk folders, s3:// gs:// URLs, or hf://datasets/ORG/NAME.
 Exit status: 0 all rows accepted, 1 some rows rejected, 2 unusable arguments or an unreadable file.
 
 \b
@@ -167,7 +168,8 @@ _PREPROCESS_HELP = """Turn chat data into pre-masked Arrow shards: validate, ren
 tokenize once, map character spans to token labels, truncate, and write `datasets`-layout shards with a manifest.
 
 \b
-INPUT: files, globs or directories (or `inputs:` or `sources:` in --config). Flags override the config file.
+INPUT: files, globs, directories or URLs (s3://, gs://, hf://datasets/ORG/NAME), or `inputs:` or `sources:` in
+--config. Flags override the config file.
 Rows that cannot be used go to DIR/rejects.jsonl with file:line and reason; the manifest counts every row.
 --out must be new, empty or an earlier output of preprocess, and apart from the inputs.
 Exit status: 0 done, 1 the run failed, 2 unusable options, inputs or --out, 130 interrupted (rerun to resume).

@@ -31,6 +31,7 @@ from pipeline.shards.format import (
     MANIFEST,
     MANIFEST_VERSION,
     SOURCES_MANIFEST_VERSION,
+    InputFile,
     Manifest,
     ShardInfo,
     SourceEntry,
@@ -46,8 +47,9 @@ from pipeline.shards.writer import (
     write_dataset_dict,
     write_manifest,
 )
-from pipeline.stages.ingest import RawRecord, detect_formats, find_inputs, read_records
+from pipeline.stages.ingest import InputPath, RawRecord, detect_formats, find_inputs, read_records
 from pipeline.stages.mixture import Mixture, all_inputs, find_sources
+from pipeline.stages.remote import RemoteFile
 from pipeline.stages.split import SPLITS
 from pipeline.stats import Stats
 from pipeline.step import Chain, Outcome
@@ -172,8 +174,8 @@ _END = object()
 def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
     """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run."""
     sources = find_sources(config.sources)
-    found = all_inputs(sources) if sources else find_inputs(config.inputs)
-    owned = claim(out, "shards", inputs=[*found.named, *found.files, *_local_paths(config)], writes=OUTPUT_PATHS)
+    found = all_inputs(sources) if sources else find_inputs(config.inputs, config.source.storage_options)
+    owned = claim(out, "shards", inputs=[*found.local, *_local_paths(config)], writes=OUTPUT_PATHS)
     mixture = Mixture.plan(sources, config.mixture) if sources else None
     formats = mixture.formats if mixture else detect_formats(found.files, config.source)
     inputs = [_describe_input(path, fmt) for path, fmt in formats.items()]
@@ -225,8 +227,11 @@ def _local_paths(config: PreprocessConfig) -> list[Path]:
     return [Path(p) for p in named if p and Path(p).exists()]
 
 
-def _describe_input(path: Path, fmt: str) -> dict[str, Any]:
-    """The manifest's entry for one input file of format `fmt`; `InputError` naming the file when it cannot be read."""
+def _describe_input(path: InputPath, fmt: str) -> dict[str, Any]:
+    """The manifest's entry for one input file of format `fmt`; `InputError` naming the file when it cannot be read.
+    A remote file is described by its store's etag or version and size, not read a second time."""
+    if isinstance(path, RemoteFile):
+        return InputFile(**path.describe(), format=fmt).to_json()
     try:
         return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size, "format": fmt}
     except OSError as e:

@@ -152,6 +152,11 @@ class SourceConfig(BaseModel):
     csv_messages_column: str | None = Field(default=None, description="a CSV column holding a `messages` JSON string")
     encoding: str = Field(default="utf-8", description="text encoding of every input; must be ASCII-compatible")
     alpaca_input_separator: str = Field(default="\n\n", description="joins alpaca `instruction` and a non-empty `input`")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, exclude=True,
+        description="fsspec options for remote inputs (s3://, gs://), e.g. {endpoint_url: ..., key: ..., secret: ...}; "
+                    "never written to the manifest, since they may hold credentials",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "SourceConfig":

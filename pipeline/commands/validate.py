@@ -85,7 +85,7 @@ def validate_inputs(
 
     `InputError` when an input is missing or unreadable; nothing is left at `rejects` then.
     """
-    formats = detect_formats(resolve_inputs(inputs), source)
+    formats = detect_formats(resolve_inputs(inputs, source.storage_options), source)
     report = ValidationReport(files={str(path): fmt for path, fmt in formats.items()})
     counts = report.counts
     tmp = rejects.with_name(f".{rejects.name}.tmp-{os.getpid()}") if rejects is not None else None

@@ -12,7 +12,7 @@ import json
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_serializer, model_validator
 
 IGNORE_INDEX = -100  # labels that are not trained (the Hugging Face / PyTorch cross-entropy convention)
 MANIFEST = "manifest.json"
@@ -125,10 +125,26 @@ class EncoderInfo(_Entry):
 
 
 class InputFile(_Entry):
+    """One input file: a local file by its sha256, a remote one by what its store reports (etag and/or version id)
+    and its size, so it is not read a second time to be fingerprinted."""
+
     path: str
     format: str
     bytes: NonNegativeInt
-    sha256: Sha256
+    sha256: Sha256 | None = None
+    etag: str | None = None
+    version_id: str | None = None
+
+    @model_validator(mode="after")
+    def _fingerprinted(self) -> "InputFile":
+        if self.sha256 is None and self.etag is None and self.version_id is None:
+            raise ValueError(f"{self.path}: an input needs a sha256, an etag or a version_id")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: Any) -> dict[str, Any]:
+        """Only the fingerprints the input has: a local file's entry stays as it always was."""
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class SourceEntry(_Entry):

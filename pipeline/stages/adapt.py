@@ -76,13 +76,24 @@ def _canonical_json(data: Any) -> bytes:
 
 
 # --- detection ------------------------------------------------------------------------------------------------------
+def as_record(data: Any) -> Any:
+    """A bare array of message objects (a JSON line `[{"role": "user", ...}, ...]`, as some public data is written)
+    is the `messages` of a record (`conversations` for ShareGPT `from`/`value` turns); anything else is the record
+    itself."""
+    if isinstance(data, list) and data and all(isinstance(turn, dict) for turn in data):
+        return {"conversations" if "from" in data[0] or "value" in data[0] else "messages": data}
+    return data
+
+
 def detect_record_format(record: Any) -> str | None:
     """glm, openai, sharegpt or alpaca from one record's keys, or None when it matches none of them.
 
     `messages`/`conversations` of `from`/`value` turns: sharegpt. `conversations` of role turns (ChatGLM3), or
     `messages` with an `observation` turn or `tools` on a message (GLM-4): glm. Other `messages`: openai.
-    `conversation` (pair list): sharegpt. `instruction`/`output`/`query`/`response`: alpaca.
+    `conversation` (pair list): sharegpt. `instruction`/`output`/`query`/`response`: alpaca. A bare array of
+    messages is read as its `messages` (`as_record`).
     """
+    record = as_record(record)
     if not isinstance(record, dict):
         return None
     if "messages" in record or "conversations" in record:
@@ -400,12 +411,12 @@ def _media(data: dict) -> None:
 
 def to_conversation(record: Any, fmt: str, *, source: SourceConfig) -> Conversation | RowError:
     """Adapt one raw record (an `ingest.RawRecord`) with the adapter of `fmt`, then apply the validation rules."""
-    data = record.data
-    rid = record_id(data, source=record.source, row=record.row)
+    data = as_record(record.data)
+    rid = record_id(record.data, source=record.source, row=record.row)
     extra = {"line": record.line} if record.line is not None else {}
 
     def error(reason: Reason, field: str, message: str) -> RowError:
-        return RowError(record.source, record.row, reason, message, field=field, raw=data, id=rid, extra=extra)
+        return RowError(record.source, record.row, reason, message, field=field, raw=record.data, id=rid, extra=extra)
 
     if not isinstance(data, dict):
         return error(Reason.WRONG_TYPE, "", f"a record must be a JSON object, got {type(data).__name__}")

@@ -1,9 +1,12 @@
 """Input discovery and streaming readers: files -> raw records with provenance (`source`, `row`).
 
-Rows, counted the same way everywhere (`row` is 1-based):
+Inputs are local paths, remote URLs (`s3://`, `gs://`: `pipeline.stages.remote`) and hub datasets by name
+(`hf://datasets/ORG/NAME`: `pipeline.stages.hub`); a `datasets.save_to_disk` folder is read as the data files its
+`state.json` lists. Rows, counted the same way everywhere (`row` is 1-based):
 - JSONL: the physical line of the record (blank lines are skipped, not records).
 - CSV: the physical line where the record starts; the header is line 1, so the first data row is line 2.
 - JSON array: the element's index; the line where it starts is kept as `line`. A file that is one JSON object is row 1.
+- Parquet and Arrow IPC: the table row within the file (`pipeline.stages.columnar`).
 
 Memory stays flat: JSONL and CSV are read line by line from a binary stream (each line decoded alone, so a decoding
 failure names its byte offset), and a JSON array is parsed element by element with `json.JSONDecoder.raw_decode` over
@@ -28,13 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
+
 from pipeline.errors import ConfigError, InputError, Reason, RowError
 from pipeline.outputs import is_tool_output
-from pipeline.stages import adapt, json_text
+from pipeline.stages import adapt, columnar, json_text
+from pipeline.stages.hub import hub_files, is_hub_dataset
+from pipeline.stages.remote import RemoteFile, find_remote, is_remote
 from schemas.records import Conversation
 from schemas.sources import SourceConfig
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
+SUFFIXES = (".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz", *columnar.COLUMNAR_SUFFIXES)
+InputPath = Path | RemoteFile
+"""A local input file, or a remote one (whose `str` is its URL)."""
 _CHUNK = 1 << 18  # characters decoded per read of a JSON array; grows while one element is larger
 _MAX_ELEMENT = 1 << 28  # a JSON array element larger than this (256 Mi characters) is refused, not buffered forever
 _WS = re.compile(r"[ \t\n\r]*")
@@ -60,27 +69,38 @@ def _has_input_suffix(path: Path) -> bool:
 @dataclass(frozen=True)
 class Inputs:
     """What the input arguments name. `files`: the files to read, each real file once, under the first name it was
-    given by. `named`: the files and directories the arguments named, which an output directory must stay apart from."""
+    given by. `named`: the local files and directories the arguments named, which an output directory must stay apart
+    from (remote inputs are never local paths)."""
 
-    files: list[Path]
+    files: list[InputPath]
     named: list[Path]
 
+    @property
+    def local(self) -> list[Path]:
+        """Every local path the inputs name or hold: what an output directory must not be, hold or sit inside."""
+        return [*self.named, *(f for f in self.files if isinstance(f, Path))]
 
-def find_inputs(inputs: Sequence[str]) -> Inputs:
+
+def find_inputs(inputs: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> Inputs:
     """Files, globs and directories (searched recursively for input suffixes) -> files, each group sorted.
 
     Order: the arguments in the order given; within a glob or a directory, sorted by path. A file reached under
     several names (a relative and an absolute path, a symlink) is read once and reported on stderr. Symlinked
     folders are followed, but a folder already walked is not walked again (so a symlink loop ends), and an output
-    directory of this tool found while searching is not input.
+    directory of this tool found while searching is not input. URLs are found on their store (`storage_options`
+    configure it), a hub dataset by name is its `train` split's files.
     """
     if not inputs:
         raise InputError("no input given")
-    found: list[Path] = []
+    found: list[InputPath] = []
     named: list[Path] = []
     for spec in inputs:
         path = Path(spec)
-        if glob.has_magic(spec):
+        if is_hub_dataset(spec):
+            found.extend(hub_files(spec, storage_options or {}))
+        elif is_remote(spec):
+            found.extend(find_remote(spec, storage_options or {}, SUFFIXES))
+        elif glob.has_magic(spec):
             matches = sorted(_glob(spec))
             named.extend(matches)
             files = [p for p in matches if p.is_file()]
@@ -108,18 +128,18 @@ def find_inputs(inputs: Sequence[str]) -> Inputs:
     return Inputs(unique, named)
 
 
-def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
+def resolve_inputs(inputs: Sequence[str], storage_options: Mapping[str, Any] | None = None) -> list[InputPath]:
     """The files to read for these arguments (`find_inputs`)."""
-    return find_inputs(inputs).files
+    return find_inputs(inputs, storage_options).files
 
 
-def _read_once(paths: list[Path]) -> list[Path]:
+def _read_once(paths: list[InputPath]) -> list[InputPath]:
     """Each real file once, under the first name given. The same name given twice is dropped quietly (overlapping
     globs); the same file under another name is named on stderr, since the arguments probably say less than meant."""
-    first: dict[str, Path] = {}
-    others: dict[Path, list[Path]] = {}
+    first: dict[str, InputPath] = {}
+    others: dict[InputPath, list[InputPath]] = {}
     for path in paths:
-        kept = first.setdefault(os.path.realpath(path), path)
+        kept = first.setdefault(str(path) if isinstance(path, RemoteFile) else os.path.realpath(path), path)
         if kept != path and path not in others.setdefault(kept, []):
             others[kept].append(path)
     repeats = [f"{kept} (also given as {', '.join(map(str, also))})" for kept, also in others.items() if also]
@@ -142,9 +162,30 @@ def _files_under(directory: Path) -> list[Path]:
             dirs[:] = []
             continue
         walked.add(real)
+        saved = saved_dataset_files(Path(folder))
+        if saved is not None:
+            found.extend(saved)
+            dirs[:] = []
+            continue
         dirs[:] = [p.name for p in _walk_order(Path(folder) / d for d in dirs)]
         found.extend(p for p in (Path(folder) / n for n in names) if _has_input_suffix(p) and p.is_file())
     return found
+
+
+def saved_dataset_files(folder: Path) -> list[Path] | None:
+    """The data files of a `datasets.save_to_disk` folder (every split of a `DatasetDict`), or None when `folder` is
+    not one. What else `datasets` leaves there (`cache-*.arrow` from `map`) is not data."""
+    listing = folder / "dataset_dict.json"
+    state = folder / "state.json"
+    try:
+        if listing.is_file():
+            splits = json.loads(listing.read_text(encoding="utf-8"))["splits"]
+            return [f for split in splits for f in saved_dataset_files(folder / split) or []]
+        if state.is_file() and (folder / "dataset_info.json").is_file():
+            return [folder / entry["filename"] for entry in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{folder}: unreadable datasets.save_to_disk folder: {e!r}") from None
+    return None
 
 
 def _glob(spec: str) -> Iterator[Path]:
@@ -193,9 +234,14 @@ def _walk_order(paths: Iterable[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: (p.is_symlink(), p.name))
 
 
-def container_kind(path: Path) -> str:
-    """`jsonl`, `json` or `csv`, from the extension (`.gz` allowed); `InputError` for anything else."""
-    name = path.name.lower().removesuffix(".gz")
+def container_kind(path: InputPath) -> str:
+    """`jsonl`, `json`, `csv` (`.gz` allowed), `parquet` or `arrow`, from the extension; `InputError` for anything
+    else."""
+    name = path.name.lower()
+    for kind in ("parquet", "arrow"):
+        if name.endswith("." + kind):
+            return kind
+    name = name.removesuffix(".gz")
     for kind in ("jsonl", "json", "csv"):
         if name.endswith("." + kind):
             return kind
@@ -203,24 +249,26 @@ def container_kind(path: Path) -> str:
 
 
 # --- bytes -> text --------------------------------------------------------------------------------------------------
-def _open(path: Path) -> IO[bytes]:
+def _open(path: InputPath) -> IO[bytes]:
     try:
+        if isinstance(path, RemoteFile):
+            return path.open()
         return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
     except OSError as e:
         raise InputError(f"{path}: cannot open: {e.strerror or e}") from None
 
 
-def _read_error(path: Path, e: Exception) -> InputError:
+def _read_error(path: InputPath, e: Exception) -> InputError:
     return InputError(f"{path}: cannot read: {e} (corrupt or truncated compressed file?)")
 
 
-def _decode_error(path: Path, e: UnicodeDecodeError, offset: int, line: int | None, encoding: str) -> InputError:
+def _decode_error(path: InputPath, e: UnicodeDecodeError, offset: int, line: int | None, encoding: str) -> InputError:
     where = f"line {line}, byte offset {offset}" if line else f"byte offset {offset}"
     bad = e.object[e.start : e.start + 4]
     return InputError(f"{path}: {where}: cannot decode bytes {bad!r} as {encoding} ({e.reason}); pass --encoding")
 
 
-def iter_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+def iter_lines(path: InputPath, encoding: str) -> Iterator[tuple[int, str]]:
     """(line number, text with its line ending) for each physical line; a BOM at the start of the file is dropped."""
     with _open(path) as f:
         offset = 0
@@ -246,7 +294,7 @@ def iter_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
 class _TextStream:
     """Decoded text of a file, read in chunks on demand, keeping only what has not been consumed yet."""
 
-    def __init__(self, f: IO[bytes], path: Path, encoding: str):
+    def __init__(self, f: IO[bytes], path: InputPath, encoding: str):
         self.f, self.path, self.encoding = f, path, encoding
         self.decoder = codecs.getincrementaldecoder(encoding)("strict")
         self.offset = 0  # bytes read so far
@@ -327,7 +375,7 @@ class _TextStream:
             self.more(size)
 
 
-def _iter_json(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
+def _iter_json(path: InputPath, encoding: str) -> Iterator[RawRecord | RowError]:
     """A JSON array (streamed element by element), a single JSON object (one record), or JSON Lines named `.json`."""
     source = str(path)
     with _open(path) as f:
@@ -380,7 +428,7 @@ def _json_record(s: _TextStream, source: str, row: int, line: int | None) -> Raw
     return RawRecord(source, row, value, line)
 
 
-def _iter_jsonl(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
+def _iter_jsonl(path: InputPath, encoding: str) -> Iterator[RawRecord | RowError]:
     source = str(path)
     for lineno, text in iter_lines(path, encoding):
         if not text.strip():
@@ -398,7 +446,7 @@ def _bad_line(source: str, lineno: int, text: str, message: str) -> RowError:
     return RowError(source, lineno, Reason.INVALID_JSON, message, raw=raw, id=adapt.record_id(raw, source=source, row=lineno))
 
 
-def _csv_reader(path: Path, encoding: str) -> tuple[list[str], Any]:
+def _csv_reader(path: InputPath, encoding: str) -> tuple[list[str], Any]:
     reader = csv.reader((text for _, text in iter_lines(path, encoding)), strict=True)
     try:
         header = next(reader, [])
@@ -410,13 +458,13 @@ def _csv_reader(path: Path, encoding: str) -> tuple[list[str], Any]:
     return header, reader
 
 
-def csv_header(path: Path, encoding: str) -> list[str]:
+def csv_header(path: InputPath, encoding: str) -> list[str]:
     header, reader = _csv_reader(path, encoding)
     del reader
     return header
 
 
-def _iter_csv(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
+def _iter_csv(path: InputPath, encoding: str) -> Iterator[RawRecord | RowError]:
     """Data rows as `{column: cell}` with every cell a string (no dtype guessing)."""
     source = str(path)
     header, reader = _csv_reader(path, encoding)
@@ -440,9 +488,21 @@ def _iter_csv(path: Path, encoding: str) -> Iterator[RawRecord | RowError]:
         yield RawRecord(source, start, dict(zip(header, cells)))
 
 
-def iter_records(path: Path, source: SourceConfig) -> Iterator[RawRecord | RowError]:
+def _iter_columnar(path: InputPath, kind: str) -> Iterator[RawRecord]:
+    source = str(path)
+    with _open(path) as f:
+        try:
+            for row, data in columnar.iter_rows(f, kind):
+                yield RawRecord(source, row, data)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"{path}: cannot read as {kind}: {e}") from None
+
+
+def iter_records(path: InputPath, source: SourceConfig) -> Iterator[RawRecord | RowError]:
     """Every record of one file in file order, or a `RowError` for a line that is not a record (invalid JSON/CSV)."""
     kind = container_kind(path)
+    if kind in ("parquet", "arrow"):
+        return _iter_columnar(path, kind)
     if kind == "csv":
         return _iter_csv(path, source.encoding)
     if kind == "jsonl":
@@ -471,7 +531,7 @@ def parse_csv_map(spec: str) -> dict[str, str]:
     return mapping
 
 
-def _detect_csv(path: Path, source: SourceConfig) -> str:
+def _detect_csv(path: InputPath, source: SourceConfig) -> str:
     header = csv_header(path, source.encoding)
     if source.format not in ("auto", "csv", "alpaca"):
         raise InputError(f"{path}: format {source.format} cannot be read from CSV (use csv or alpaca)")
@@ -493,7 +553,7 @@ def _detect_csv(path: Path, source: SourceConfig) -> str:
     return "csv"
 
 
-def detect_format(path: Path, source: SourceConfig) -> str:
+def detect_format(path: InputPath, source: SourceConfig) -> str:
     """The format used for `path`: `source.format` unless `auto`, else from the extension and the first record.
 
     Returns one of glm, openai, sharegpt, alpaca, csv, or `empty` for a file with no record. `InputError` when the
@@ -520,12 +580,12 @@ def detect_format(path: Path, source: SourceConfig) -> str:
     return fmt
 
 
-def detect_formats(paths: Sequence[Path], source: SourceConfig) -> dict[Path, str]:
+def detect_formats(paths: Sequence[InputPath], source: SourceConfig) -> dict[InputPath, str]:
     """Each file's format (`detect_format`), detected once per run: readers take them from here."""
     return {path: detect_format(path, source) for path in paths}
 
 
-def read_records(files: Mapping[Path, str], source: SourceConfig) -> Iterator[tuple[RawRecord | RowError, str]]:
+def read_records(files: Mapping[InputPath, str], source: SourceConfig) -> Iterator[tuple[RawRecord | RowError, str]]:
     """One item per input record, files in the given order and records in file order, each with its file's format
     (`files`: from `detect_formats`): the parsed record, or the `RowError` of a line that is not one. Adapting them
     is left to the caller (a worker). `InputError` when a file cannot be read (the items before it have been
@@ -535,7 +595,7 @@ def read_records(files: Mapping[Path, str], source: SourceConfig) -> Iterator[tu
             yield item, fmt
 
 
-def read_conversations(files: Mapping[Path, str], source: SourceConfig) -> Iterator[Conversation | RowError]:
+def read_conversations(files: Mapping[InputPath, str], source: SourceConfig) -> Iterator[Conversation | RowError]:
     """One item per input record of `files` (as `read_records` takes them): a validated `Conversation`, or the
     `RowError` that rejects the record (bad line, adapter error, or a rule of `pipeline.stages.validate`).
 

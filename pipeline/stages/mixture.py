@@ -31,6 +31,7 @@ from pipeline.errors import InputError, RowError
 from pipeline.shards.format import SourceEntry
 from pipeline.stages import adapt
 from pipeline.stages.ingest import Inputs, RawRecord, detect_formats, find_inputs, read_records
+from pipeline.stages.remote import RemoteFile
 from pipeline.stages.row import Row
 from pipeline.step import RowStep, Tally
 from schemas.mixture import MixtureConfig, MixtureSource
@@ -104,11 +105,11 @@ def find_sources(specs: Sequence[MixtureSource]) -> list[Source]:
     owner: dict[str, Source] = {}
     for index, spec in enumerate(specs):
         try:
-            source = Source(index, spec, find_inputs([spec.path]))
+            source = Source(index, spec, find_inputs([spec.path], spec.storage_options))
         except InputError as e:
             raise InputError(f"sources.{index}: {e}") from None
         for path in source.inputs.files:
-            first = owner.setdefault(os.path.realpath(path), source)
+            first = owner.setdefault(str(path) if isinstance(path, RemoteFile) else os.path.realpath(path), source)
             if first is not source:
                 raise InputError(f"{path}: named by {first.name} and {source.name}; a file belongs to one source")
         sources.append(source)
