@@ -51,7 +51,7 @@ class ChunkWorker:
 
 
 def run_ray(config: PreprocessConfig, files: Mapping[Path, str], work: Path, finished: Callable[[int], bool], *,
-            address: str | None = None, worker: type[ChunkWorker] = ChunkWorker) -> Iterator[tuple[int, dict[str, Any]]]:
+            address: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """`(index, receipt)` of each chunk not `finished` yet, as they finish, their files written into `work`.
     `address`: the cluster to join (default: `RAY_ADDRESS`, else a new local one, shut down after)."""
     pending = [chunk for chunk in plan_chunks(files, config.source, config.output.rows_per_shard)
@@ -66,7 +66,7 @@ def run_ray(config: PreprocessConfig, files: Mapping[Path, str], work: Path, fin
         chunks = ray.data.from_items([{"chunk": chunk.to_json()} for chunk in pending],
                                      override_num_blocks=len(pending))
         receipts = chunks.map_batches(
-            worker, fn_constructor_args=(config.model_dump_json(), str(work.resolve()), os.getcwd()),
+            ChunkWorker, fn_constructor_args=(config.model_dump_json(), str(work.resolve()), os.getcwd()),
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=config.output.workers))
         try:
             for row in progress(receipts.iter_rows(), desc="preprocess", unit="chunks"):
