@@ -33,6 +33,7 @@ class ChunkWorker:
 
     def __init__(self, config_json: str, work: str, cwd: str):
         os.chdir(cwd)  # inputs and the tokenizer may be named relative to where the run was started
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one CPU per worker: encode on one thread, as local workers do
         self.config = PreprocessConfig.model_validate_json(config_json)
         self.work = Path(work)
         task = build_task(self.config)
