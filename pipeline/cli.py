@@ -224,11 +224,15 @@ Examples:
 @_config_option("--eval-split", "output.eval_split", "Fraction of rows for the eval split (by a hash of the id).",
                 type=float)
 @_config_option("--seed", "output.seed", "Seed of the eval split assignment.", type=int)
-@_config_option("--workers", "output.workers", "Worker processes, each adapting, rendering, tokenizing and masking "
-                "whole batches; one per core is fastest.", type=int)
+@_config_option("--workers", "output.workers", "Worker processes (with --engine ray: concurrent Ray workers), each "
+                "adapting, rendering, tokenizing and masking whole batches; one per core is fastest.", type=int)
 @_config_option("--rows-per-shard", "output.rows_per_shard", "Input rows per shard.", type=int)
+@_config_option("--engine", "output.engine", "Where the work runs: worker processes here, or Ray Data workers on a "
+                "Ray cluster (same output bytes).")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="--engine ray: the Ray cluster to join [default: $RAY_ADDRESS when set, else a new local Ray].")
 @_exit_codes("rerun with the same arguments to resume")
-def preprocess_command(inputs, out, config_path, **options) -> None:
+def preprocess_command(inputs, out, config_path, ray_address, **options) -> None:
     from pipeline.errors import ConfigError
     from pipeline.run import preprocess
     from schemas.config import load_config
@@ -241,7 +245,9 @@ def preprocess_command(inputs, out, config_path, **options) -> None:
     config = load_config(config_path, overrides)
     if not config.inputs and not config.sources:
         raise ConfigError(["inputs: give INPUT arguments, or `inputs:` or `sources:` in --config"])
-    manifest = preprocess(config, out)
+    if ray_address is not None and config.output.engine != "ray":
+        raise ConfigError(["--ray-address: only with --engine ray (or output.engine: ray)"])
+    manifest = preprocess(config, out, ray_address=ray_address)
     click.echo(format_summary(manifest, out))
 
 

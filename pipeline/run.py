@@ -1,33 +1,28 @@
-"""The local executor: runs the preprocess chain (`pipeline.chain`) over the inputs in chunks, in worker processes,
-in order, with a journal to resume from, then puts the output in place.
+"""The preprocess driver: claims the output, loads the toolkit, has an engine (`pipeline.engines`) write the
+input's chunks into a journal, then puts the output in place.
 
 Input rows are cut into fixed chunks of `rows_per_shard` rows; each chunk becomes one shard per split. Chunks depend
-only on the input, so the shards are the same bytes whatever the number of workers, and a finished chunk is
-recorded in a journal (`DIR/.work/`) that an interrupted run resumes from after checking its checksums.
+only on the input, so the shards are the same bytes whatever the engine or the number of workers, and a finished
+chunk is recorded in a journal (`DIR/.work/`) that an interrupted run resumes from after checking its checksums.
 """
 from __future__ import annotations
 
-import functools
 import gc
 import hashlib
-import itertools
 import json
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline import __version__
 from pipeline.chain import Toolkit, build_chain
-from pipeline.errors import InputError, PipelineError, RowError
+from pipeline.engines.chunk import BatchTask
+from pipeline.engines.journal import WORK_DIR, Journal
+from pipeline.engines.local import run_local
+from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.outputs import OwnedDir, claim, write_atomic
-from pipeline.progress import progress
 from pipeline.shards.format import (
-    IGNORE_INDEX,
     MANIFEST,
     MANIFEST_VERSION,
     SOURCES_MANIFEST_VERSION,
@@ -37,143 +32,28 @@ from pipeline.shards.format import (
     SourceEntry,
     SplitInfo,
 )
-from pipeline.shards.writer import (
-    Sample,
-    SampleTable,
-    ShardWriter,
-    finalize_split,
-    sha256_file,
-    split_files,
-    write_dataset_dict,
-    write_manifest,
-)
-from pipeline.stages.ingest import InputPath, RawRecord, detect_formats, find_inputs, read_records
+from pipeline.shards.writer import finalize_split, sha256_file, split_files, write_dataset_dict, write_manifest
+from pipeline.stages.ingest import InputPath, detect_formats, find_inputs, read_records
 from pipeline.stages.mixture import Mixture, all_inputs, find_sources
 from pipeline.stages.remote import RemoteFile
 from pipeline.stages.split import SPLITS
 from pipeline.stats import Stats
-from pipeline.step import Chain, Outcome
 from pipeline.tokenizer import save_tokenizer, tokenizer_summary
-from pipeline.workers import BatchPool
 from schemas.config import PreprocessConfig
 
-WORK_DIR = ".work"
 # Everything preprocess creates or replaces in its output directory (the split folders' files are recorded as made).
 OUTPUT_PATHS = (MANIFEST, "dataset_dict.json", "rejects.jsonl", "warnings.jsonl", "tokenizer", WORK_DIR, *SPLITS)
+# Settings that decide how a run is carried out, not what it writes: a journal stays good when they change.
+EXECUTION_KEYS = ("engine", "workers")
 
 
-@dataclass
-class ChunkResult:
-    """What one batch, then one chunk, of input rows produced. A batch collects its samples in `samples`, then
-    `seal` turns them into one Arrow table per split (`tables`): that is what travels to the writing process."""
-
-    samples: dict[str, list[Sample]] = field(default_factory=lambda: {s: [] for s in SPLITS})
-    tables: dict[str, SampleTable] = field(default_factory=dict)
-    rejects: list[RowError] = field(default_factory=list)
-    dropped: list[RowError] = field(default_factory=list)
-    warnings: list[RowError] = field(default_factory=list)
-    stats: Stats = field(default_factory=Stats)
-
-    def absorb(self, part: "ChunkResult") -> None:
-        """Add a batch's rows and counts to this chunk's (its samples have been written already)."""
-        self.rejects.extend(part.rejects)
-        self.dropped.extend(part.dropped)
-        self.warnings.extend(part.warnings)
-        self.stats += part.stats
-
-    def seal(self) -> "ChunkResult":
-        """Build the tables here, in the process that made the samples, and drop the samples."""
-        self.tables = {split: SampleTable.of(samples) for split, samples in self.samples.items() if samples}
-        self.samples = {s: [] for s in SPLITS}
-        return self
-
-
-class BatchTask:
-    """What a worker runs on one batch of `(record, format)` pairs: the chain, its rows turned into samples by
-    split. Built once per process."""
-
-    def __init__(self, chain: Chain):
-        self.chain = chain
-
-    def __call__(self, records: list[tuple[RawRecord | RowError, str]]) -> ChunkResult:
-        outcome = self.chain(records)
-        result = ChunkResult(rejects=outcome.rejected, dropped=outcome.filtered, warnings=outcome.warnings,
-                             stats=outcome.stats())
-        result.stats.files = _counts_by_file(outcome)
-        for row in outcome.items:
-            conversation = row.conversation
-            result.samples[row.split].append(
-                Sample(row.input_ids, row.labels, conversation.id, conversation.source, conversation.row))
-        return result.seal()
-
-
-def _counts_by_file(outcome: Outcome) -> dict[str, Counter[str]]:
-    """Per input file: the batch's rows written, rejected and filtered, and the tokens and trained tokens written."""
-    files: dict[str, Counter[str]] = {}
-    for row in outcome.items:
-        counts = files.setdefault(row.conversation.source, Counter())
-        counts.update(written=1, tokens=len(row.input_ids),
-                      trained_tokens=int(np.count_nonzero(row.labels != IGNORE_INDEX)))
-    for kind, errors in (("rejected", outcome.rejected), ("filtered", outcome.filtered)):
-        for error in errors:
-            files.setdefault(error.source, Counter())[kind] += 1
-    return files
-
-
-def _build_task(config: PreprocessConfig) -> BatchTask:
-    """A spawned worker's own task (a forked one shares its parent's)."""
-    return BatchTask(build_chain(config, Toolkit.load(config)))
-
-
-@contextmanager
-def _executor(config: PreprocessConfig, task: BatchTask) -> Iterator[BatchPool]:
-    """The worker pool for the run.
-
-    Everything alive now (modules, tokenizer, template) lives for the whole run: `gc.freeze` takes it out of the
-    garbage collector's full passes, which otherwise rescan it again and again while rows are processed (about a
-    tenth of the run's time), and keeps forked workers from copying the pages those passes touch. A caller that
-    froze objects itself manages freezing: then nothing is frozen or unfrozen here."""
-    froze = gc.get_freeze_count() == 0
-    if froze:
-        gc.freeze()
-    try:
-        with BatchPool(task, workers=config.output.workers, build=functools.partial(_build_task, config)) as pool:
-            yield pool
-    finally:
-        if froze:
-            gc.unfreeze()
-
-
-def _process_chunk(pool: BatchPool, records: Iterable, writers: dict[str, ShardWriter], batch_size: int) -> ChunkResult:
-    """Stream one chunk of input records (from `read_records`) into `writers`, batch by batch: memory holds a few
-    batches, whatever the chunk or input size."""
-    result = ChunkResult()
-    for part in pool.map(_batches(records, batch_size)):
-        for split, table in part.tables.items():
-            writers[split].write(table)
-        result.absorb(part)
-    return result
-
-
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[Iterator]:
-    """Lazy chunks of `size` items; each must be consumed before the next is taken."""
-    iterator = iter(items)
-    while (first := next(iterator, _END)) is not _END:
-        yield itertools.chain([first], itertools.islice(iterator, size - 1))
-
-
-_END = object()
-
-
-def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
-    """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run."""
+def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None = None) -> dict[str, Any]:
+    """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run, whichever
+    engine wrote its journal. `ray_address`: the Ray cluster to join (`--engine ray`; default: `RAY_ADDRESS`, else a
+    new local one)."""
     sources = find_sources(config.sources)
+    if sources and config.output.engine == "ray":
+        raise ConfigError(["sources: the ray engine reads `inputs:` only for now; run a mixture with --engine local"])
     found = all_inputs(sources) if sources else find_inputs(config.inputs, config.source.storage_options)
     owned = claim(out, "shards", inputs=[*found.local, *_local_paths(config)], writes=OUTPUT_PATHS)
     mixture = Mixture.plan(sources, config.mixture) if sources else None
@@ -181,37 +61,42 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
     inputs = [_describe_input(path, fmt) for path, fmt in formats.items()]
     with _collector_paused():
         toolkit = Toolkit.load(config)
-        task = BatchTask(build_chain(config, toolkit))
-    with _executor(config, task) as pool:
-        summary = tokenizer_summary(toolkit.tokenizer, toolkit.template)
-        run_key = _fingerprint({"config": config.model_dump(mode="json"), "inputs": inputs, "tokenizer": summary, "version": __version__})
-        work = _prepare_work_dir(owned, run_key)
-        stats = Stats()
-        shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
-        process = functools.partial(_process_chunk, pool, batch_size=config.output.batch_size)
-        records = progress(mixture.records() if mixture else read_records(formats, config.source), desc="preprocess")
-        for index, chunk in enumerate(_chunks(records, config.output.rows_per_shard)):
-            journal = work / f"chunk-{index:05d}.json"
-            done = _load_finished_chunk(journal, work)
-            if done is None:
-                done = _write_chunk(work, index, process, chunk)
-                write_atomic(journal, json.dumps(done, sort_keys=True).encode())
-            else:
-                for _ in chunk:  # already written: read past its rows
-                    pass
-            stats += Stats.from_json(done["stats"])
-            for split, info in done["shards"].items():
-                shards[split].append((work / info["file"], ShardInfo(**info)))
-        if not stats.balanced:
-            raise PipelineError(f"internal accounting error: {stats.to_json()}")
-        entries = mixture.entries(stats.files) if mixture else None
-        return _finalize(owned, work, config, toolkit, inputs, summary, stats, shards, entries)
+        task = BatchTask(build_chain(config, toolkit)) if config.output.engine == "local" else None
+    summary = tokenizer_summary(toolkit.tokenizer, toolkit.template)
+    journal = Journal(owned, _run_key(config, inputs, summary))
+    if config.output.engine == "ray":
+        from pipeline.engines.ray import run_ray
+
+        receipts = run_ray(config, formats, journal.work, journal.finished, address=ray_address)
+    else:
+        records = mixture.records() if mixture else read_records(formats, config.source)
+        receipts = run_local(config, task, records, journal.work, journal.finished)
+    for index, receipt in receipts:
+        journal.record(index, receipt)
+    stats = Stats()
+    shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
+    for receipt in journal.receipts():
+        stats += Stats.from_json(receipt["stats"])
+        for split, info in receipt["shards"].items():
+            shards[split].append((journal.work / info["file"], ShardInfo(**info)))
+    if not stats.balanced:
+        raise PipelineError(f"internal accounting error: {stats.to_json()}")
+    entries = mixture.entries(stats.files) if mixture else None
+    return _finalize(owned, journal.work, config, toolkit, inputs, summary, stats, shards, entries)
+
+
+def _run_key(config: PreprocessConfig, inputs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """What a journal must have been written for to be reused: the config (less how it is executed), the inputs,
+    the tokenizer and this version."""
+    settings = config.model_dump(mode="json")
+    settings["output"] = {k: v for k, v in settings["output"].items() if k not in EXECUTION_KEYS}
+    return _fingerprint({"config": settings, "inputs": inputs, "tokenizer": summary, "version": __version__})
 
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Start-up (imports, tokenizer, template, encoder proof) makes long-lived objects and next to no garbage: the
-    collector's passes over them would be wasted time. `_executor` then freezes them."""
+    collector's passes over them would be wasted time. The engine then freezes them."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -240,50 +125,6 @@ def _describe_input(path: InputPath, fmt: str) -> dict[str, Any]:
 
 def _fingerprint(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def _prepare_work_dir(owned: OwnedDir, run_key: str) -> Path:
-    """The journal directory. A journal from a different config or different inputs is discarded, not reused."""
-    key_file = owned.root / WORK_DIR / "run.key"
-    fresh = not key_file.exists() or key_file.read_text() != run_key
-    work = owned.scratch(WORK_DIR, fresh=fresh)
-    if fresh:
-        write_atomic(key_file, run_key.encode())
-    return work
-
-
-def _load_finished_chunk(journal: Path, work: Path) -> dict[str, Any] | None:
-    """A finished chunk's record, if its journal exists and every file it names still has its checksum."""
-    if not journal.exists():
-        return None
-    done = json.loads(journal.read_text())
-    files = [work / info["file"] for info in done["shards"].values()] + [work / done["rejects"], work / done["warnings"]]
-    sums = [info["sha256"] for info in done["shards"].values()] + [done["rejects_sha256"], done["warnings_sha256"]]
-    if all(f.exists() and sha256_file(f) == s for f, s in zip(files, sums)):
-        return done
-    return None
-
-
-def _write_chunk(work: Path, index: int, process, chunk: Iterable) -> dict[str, Any]:
-    """Chunk `index` processed (`process`: `_process_chunk` with the run's pool) into its journal's files."""
-    writers = {split: ShardWriter(work / f"chunk-{index:05d}.{split}.arrow") for split in SPLITS}
-    result = process(chunk, writers)
-    shards = {split: info.to_json() for split, writer in writers.items() if (info := writer.close()) is not None}
-    rejects, warnings = work / f"chunk-{index:05d}.rejects.jsonl", work / f"chunk-{index:05d}.warnings.jsonl"
-    write_atomic(rejects, _jsonl(result.rejects + result.dropped))
-    write_atomic(warnings, _jsonl(result.warnings))
-    return {
-        "shards": shards,
-        "rejects": rejects.name,
-        "rejects_sha256": sha256_file(rejects),
-        "warnings": warnings.name,
-        "warnings_sha256": sha256_file(warnings),
-        "stats": result.stats.to_journal(),
-    }
-
-
-def _jsonl(errors: list[RowError]) -> bytes:
-    return "".join(json.dumps(e.to_json(), ensure_ascii=False, sort_keys=True) + "\n" for e in errors).encode("utf-8")
 
 
 def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, stats, shards,

@@ -89,6 +89,9 @@ class OutputConfig(_Frozen):
     rows_per_shard: int = Field(20_000, ge=1)
     workers: int = Field(1, ge=1)
     batch_size: int = Field(512, ge=1)
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: worker processes on this machine; ray: Ray Data workers on a Ray cluster"
+    )
 
 
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {

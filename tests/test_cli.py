@@ -111,15 +111,22 @@ def test_an_output_that_cannot_be_created_is_a_clear_error(tmp_path, chats):
     assert (tmp_path / "file.txt").read_text() == "x"
 
 
+def test_a_ray_address_without_the_ray_engine_is_refused(tmp_path, chats):
+    result = CliRunner().invoke(main, ["preprocess", str(chats), "--tokenizer", str(DEMO_TOKENIZER),
+                                       "--ray-address", "127.0.0.1:6379", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--ray-address: only with --engine ray" in result.output, result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 def test_ctrl_c_exits_130_and_a_rerun_resumes(tmp_path, chats, monkeypatch):
-    import pipeline.run as run_module
+    import pipeline.engines.local as local_engine
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
     args = ["preprocess", str(chats), "--tokenizer", str(DEMO_TOKENIZER), "--out", str(tmp_path / "out")]
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "_write_chunk", interrupted)
+        patch.setattr(local_engine, "write_chunk", interrupted)
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 130
     assert result.output.strip() == "interrupted; rerun with the same arguments to resume"

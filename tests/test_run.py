@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-import pipeline.run as run_module
+import pipeline.engines.local as local_engine
 import pipeline.stages.ingest as ingest
 import pipeline.stages.render as render_module
 import pipeline.workers as workers_module
@@ -167,7 +167,7 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     preprocess(_config([data], **overrides), clean)
 
     crashed = tmp_path / "crashed"
-    real_write, calls = run_module._write_chunk, []
+    real_write, calls = local_engine.write_chunk, []
 
     def crash_on_third(work, index, process, chunk):
         calls.append(index)
@@ -180,13 +180,13 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
             chunk = rows_then_interrupt(chunk)
         return real_write(work, index, process, chunk)
 
-    monkeypatch.setattr(run_module, "_write_chunk", crash_on_third)
+    monkeypatch.setattr(local_engine, "write_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         preprocess(_config([data], **overrides), crashed)
     assert not (crashed / "manifest.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(run_module, "_write_chunk", lambda w, i, p, c: (calls.append(i), real_write(w, i, p, c))[1])
+    monkeypatch.setattr(local_engine, "write_chunk", lambda w, i, p, c: (calls.append(i), real_write(w, i, p, c))[1])
     preprocess(_config([data], **overrides), crashed)
     assert calls == [2, 3]  # chunks 0 and 1 were taken from the journal
     for path in sorted(clean.rglob("*")):

@@ -97,17 +97,41 @@ class _Job:
 
     @staticmethod
     def _pipeline(data: str, tokenizer: str, out: str, workers: int, encoder: str,
-                  rows_per_shard: int = 20_000) -> tuple[int, float]:
-        """The whole preprocess stage, timed from before its imports: start-up included."""
+                  rows_per_shard: int = 20_000, engine: str = "local") -> tuple[int, float]:
+        """The whole preprocess stage, timed from before its imports: start-up included (with `engine` ray, that
+        of a local Ray too)."""
         start = time.perf_counter()
         from pipeline.run import preprocess
         from schemas.config import load_config
 
         config = load_config(None, {"inputs": [data], "render.tokenizer": tokenizer, "truncation.max_length": 1_000_000,
                                     "output.workers": workers, "render.encoder": encoder,
-                                    "output.rows_per_shard": rows_per_shard})
+                                    "output.rows_per_shard": rows_per_shard, "output.engine": engine})
         manifest = preprocess(config, Path(out))
         return sum(s["tokens"] for s in manifest["splits"].values()), time.perf_counter() - start
+
+    @staticmethod
+    def _chunk_rate(data: str, tokenizer: str, out: str, workers: int, encoder: str, engine: str) -> tuple[float]:
+        """The steady-state tokens/s of a run in chunks of 500 rows: the chunks journaled after the first `workers`
+        of them, over the time since."""
+        from pipeline.engines.journal import Journal
+        from pipeline.run import preprocess
+        from schemas.config import load_config
+
+        finished: list[tuple[float, int]] = []
+        record = Journal.record
+
+        def timed(journal, index, receipt):
+            finished.append((time.perf_counter(), sum(s["tokens"] for s in receipt["shards"].values())))
+            record(journal, index, receipt)
+
+        Journal.record = timed
+        config = load_config(None, {"inputs": [data], "render.tokenizer": tokenizer, "truncation.max_length": 1_000_000,
+                                    "output.workers": workers, "render.encoder": encoder, "output.rows_per_shard": 500,
+                                    "output.engine": engine})
+        preprocess(config, Path(out))
+        (start, _), *rest = finished[workers - 1:]
+        return (sum(tokens for _, tokens in rest) / (rest[-1][0] - start),)
 
     @staticmethod
     def _ceiling(texts_file: str, tokenizer: str, encoder: str = "hf") -> tuple[int, float, float]:
@@ -211,6 +235,33 @@ def startup_table(name: str, tokenizer_dir: Path, tmp: Path, runs: int) -> list[
             for label, kind in rows]
 
 
+def worker_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... up to `cores`, and `cores` itself."""
+    counts = [1]
+    while counts[-1] * 2 <= cores:
+        counts.append(counts[-1] * 2)
+    return counts if counts[-1] == cores else [*counts, cores]
+
+
+def scaling_table(name: str, tokenizer_dir: Path, data: Path, tmp: Path, encoders: list[str], cores: int) -> list[str]:
+    """Steady-state throughput against the number of workers, for each engine and encoder, with the speed-up over
+    one worker and the parallel efficiency (speed-up / workers). Steady state: the tokens of the chunks finished
+    after the first round (one chunk per worker) over the time from that round to the last chunk, so that start-up
+    (Ray's, the workers') cancels out."""
+    lines = []
+    for engine in ("local", "ray"):
+        for encoder in encoders:
+            single = None
+            for workers in worker_counts(cores):
+                rate, _ = _in_fresh_process(_Job("chunk_rate", data=str(data), tokenizer=str(tokenizer_dir),
+                                                 out=str(tmp / f"scaling-{name}-{engine}-{encoder}-{workers}"),
+                                                 workers=workers, encoder=encoder, engine=engine))
+                single = single or rate
+                lines.append(f"| {engine:<5} | {encoder:<8} | {workers:>7} | {rate:>11,.0f} | {rate / single:5.2f}x "
+                             f"| {rate / single / workers:10.2f} |")
+    return lines
+
+
 # Families measured when ../shared/tokenizers has them: two byte-level BPE tokenizers (tiktoken applies) and one
 # SentencePiece-style tokenizer (it does not: `auto` takes the HF tokenizer).
 FAMILIES = ("qwen2.5", "glm4", "openhermes-mistral")
@@ -222,12 +273,17 @@ FAMILIES = ("qwen2.5", "glm4", "openhermes-mistral")
 @click.option("--workers", default=os.cpu_count() or 1, show_default="the cores", help="Worker processes for the pipeline's second run.")
 @click.option("--startup-runs", default=5, show_default=True, help="Runs of each start-up command (the median is shown).")
 @click.option("--startup-only", is_flag=True, help="Measure only the start-up table.")
-def main(conversations: int, reference_sample: int, workers: int, startup_runs: int, startup_only: bool) -> None:
+@click.option("--scaling-only", is_flag=True, help="Measure only the scaling table (throughput against workers).")
+def main(conversations: int, reference_sample: int, workers: int, startup_runs: int, startup_only: bool,
+         scaling_only: bool) -> None:
     """Benchmark start-up against loading the tokenizer with AutoTokenizer, and preprocess against the tokenizer
     ceiling, TRL's and GLM-4's paths (tokens/s, ratios, peak RSS)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     families = [(n, SHARED / "tokenizers" / n) for n in FAMILIES if (SHARED / "tokenizers" / n).exists()]
     with tempfile.TemporaryDirectory() as tmp:
+        if scaling_only:
+            _echo_scaling(families, conversations, Path(tmp))
+            return
         click.echo(f"### start-up (median of {startup_runs} runs; ratio to the AutoTokenizer one-liner)\n")
         click.echo("| tokenizer | command | seconds | ratio |\n|---|---|---:|---:|")
         for name, tokenizer_dir in [("demo", REPO / "data" / "tokenizer"), *families]:
@@ -279,9 +335,22 @@ def main(conversations: int, reference_sample: int, workers: int, startup_runs: 
             if name == "glm4":
                 tokens, seconds, peak = _in_fresh_process(_Job("glm4", data=str(sample), tokenizer=str(tokenizer_dir)))
                 click.echo(_line("GLM-4 process_batch, per message", tokens, seconds, peak, ceiling))
+        _echo_scaling(families, conversations, Path(tmp))
         click.echo("\nvs ceiling: end to end (start-up included) against the bare call, timed after its tokenizer "
                    "loaded. steady state: the 10x run minus the 1x run, so start-up cancels as in the ceiling's "
                    "timing. 10x/1x: peak RSS of the 10x run over the 1x run (main process).")
+
+
+def _echo_scaling(families: list[tuple[str, Path]], conversations: int, tmp: Path) -> None:
+    """The scaling table, for the first tokenizer family (a byte-level one, where both encoders apply)."""
+    name, tokenizer_dir = (families or [("demo", REPO / "data" / "tokenizer")])[0]
+    rows = generate_corpus(conversations)
+    data = write_jsonl(tmp / "scaling.jsonl", rows)
+    _, encoders = _render_texts(rows[:10], str(tokenizer_dir))
+    cores = os.cpu_count() or 1
+    click.echo(f"\n### scaling with workers: {name}, {conversations:,} conversations, {cores} cores (steady state)\n")
+    click.echo("| engine | encoder | workers | tokens/s | speed-up | efficiency |\n|---|---|---:|---:|---:|---:|")
+    click.echo("\n".join(scaling_table(name, tokenizer_dir, data, tmp, encoders, cores)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import pyarrow as pa
 
@@ -268,27 +268,46 @@ def _decode_error(path: InputPath, e: UnicodeDecodeError, offset: int, line: int
     return InputError(f"{path}: {where}: cannot decode bytes {bad!r} as {encoding} ({e.reason}); pass --encoding")
 
 
+class Position(NamedTuple):
+    """Where a record starts in a line-based file (JSONL, CSV): the byte offset of its first line (into the
+    decompressed data for `.gz`) and that line's number. A reader started there reads the rest of the file as a
+    reader from the start would, so a chunk of the input can be read without reading what comes before it."""
+
+    offset: int
+    line: int
+
+
+FILE_START = Position(0, 1)
+
+
 def iter_lines(path: InputPath, encoding: str) -> Iterator[tuple[int, str]]:
     """(line number, text with its line ending) for each physical line; a BOM at the start of the file is dropped."""
+    for _, lineno, text in _lines(path, encoding, FILE_START):
+        yield lineno, text
+
+
+def _lines(path: InputPath, encoding: str, start: Position) -> Iterator[tuple[int, int, str]]:
+    """(byte offset, line number, text) for each physical line from `start` on."""
     with _open(path) as f:
-        offset = 0
-        lineno = 0
+        offset, lineno = start
         while True:
             try:
+                if offset and f.tell() != offset:
+                    f.seek(offset)
                 raw = f.readline()
             except (OSError, EOFError, zlib.error) as e:
                 raise _read_error(path, e) from None
             if not raw:
                 return
-            lineno += 1
             try:
                 text = raw.decode(encoding)
             except UnicodeDecodeError as e:
                 raise _decode_error(path, e, offset + e.start, lineno, encoding) from None
             if lineno == 1 and text.startswith("\ufeff"):
                 text = text[1:]
+            yield offset, lineno, text
             offset += len(raw)
-            yield lineno, text
+            lineno += 1
 
 
 class _TextStream:
@@ -428,9 +447,9 @@ def _json_record(s: _TextStream, source: str, row: int, line: int | None) -> Raw
     return RawRecord(source, row, value, line)
 
 
-def _iter_jsonl(path: InputPath, encoding: str) -> Iterator[RawRecord | RowError]:
+def _iter_jsonl(path: InputPath, encoding: str, start: Position = FILE_START) -> Iterator[RawRecord | RowError]:
     source = str(path)
-    for lineno, text in iter_lines(path, encoding):
+    for _, lineno, text in _lines(path, encoding, start):
         if not text.strip():
             continue
         try:
@@ -446,8 +465,8 @@ def _bad_line(source: str, lineno: int, text: str, message: str) -> RowError:
     return RowError(source, lineno, Reason.INVALID_JSON, message, raw=raw, id=adapt.record_id(raw, source=source, row=lineno))
 
 
-def _csv_reader(path: InputPath, encoding: str) -> tuple[list[str], Any]:
-    reader = csv.reader((text for _, text in iter_lines(path, encoding)), strict=True)
+def _csv_reader(path: InputPath, texts: Iterable[str]) -> tuple[list[str], Any]:
+    reader = csv.reader(texts, strict=True)
     try:
         header = next(reader, [])
     except csv.Error as e:
@@ -459,33 +478,51 @@ def _csv_reader(path: InputPath, encoding: str) -> tuple[list[str], Any]:
 
 
 def csv_header(path: InputPath, encoding: str) -> list[str]:
-    header, reader = _csv_reader(path, encoding)
+    header, reader = _csv_reader(path, (text for _, text in iter_lines(path, encoding)))
     del reader
     return header
 
 
-def _iter_csv(path: InputPath, encoding: str) -> Iterator[RawRecord | RowError]:
-    """Data rows as `{column: cell}` with every cell a string (no dtype guessing)."""
+def _csv_items(path: InputPath, encoding: str, start: Position | None) -> Iterator[tuple[Position, RawRecord | RowError]]:
+    """Data rows as `{column: cell}` with every cell a string (no dtype guessing), each with where it starts: from
+    the first data row, or from `start` (the header is then read from the top of the file on its own)."""
     source = str(path)
-    header, reader = _csv_reader(path, encoding)
-    done = reader.line_num  # lines consumed so far; a record starts on the next one
+    offsets: dict[int, int] = {}  # line number -> byte offset, for the lines of the record being read
+
+    def texts(lines: Iterator[tuple[int, int, str]]) -> Iterator[str]:
+        for offset, lineno, text in lines:
+            offsets[lineno] = offset
+            yield text
+
+    if start is None:
+        header, reader = _csv_reader(path, texts(_lines(path, encoding, FILE_START)))
+        before = 0
+    else:
+        header = csv_header(path, encoding)
+        reader = csv.reader(texts(_lines(path, encoding, start)), strict=True)
+        before = start.line - 1
+    done = before + reader.line_num  # lines consumed so far; a record starts on the next one
     while True:
+        offsets.clear()  # the csv reader reads no line past the end of a record
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            yield RowError(source, done + 1, Reason.INVALID_CSV, f"bad CSV quoting: {e}")
-            done = reader.line_num
+            yield Position(offsets[done + 1], done + 1), RowError(source, done + 1, Reason.INVALID_CSV,
+                                                                  f"bad CSV quoting: {e}")
+            done = before + reader.line_num
             continue
-        start, done = done + 1, reader.line_num
+        first, done = done + 1, before + reader.line_num
         if not cells:
             continue
+        position = Position(offsets[first], first)
         if len(cells) != len(header):
-            yield RowError(source, start, Reason.INVALID_CSV, f"{len(cells)} fields, but the header has {len(header)}",
-                           raw=cells, id=adapt.record_id(cells, source=source, row=start))
+            yield position, RowError(source, first, Reason.INVALID_CSV,
+                                     f"{len(cells)} fields, but the header has {len(header)}",
+                                     raw=cells, id=adapt.record_id(cells, source=source, row=first))
             continue
-        yield RawRecord(source, start, dict(zip(header, cells)))
+        yield position, RawRecord(source, first, dict(zip(header, cells)))
 
 
 def _iter_columnar(path: InputPath, kind: str) -> Iterator[RawRecord]:
@@ -498,16 +535,33 @@ def _iter_columnar(path: InputPath, kind: str) -> Iterator[RawRecord]:
             raise InputError(f"{path}: cannot read as {kind}: {e}") from None
 
 
-def iter_records(path: InputPath, source: SourceConfig) -> Iterator[RawRecord | RowError]:
-    """Every record of one file in file order, or a `RowError` for a line that is not a record (invalid JSON/CSV)."""
+def iter_records(path: InputPath, source: SourceConfig, start: Position | None = None) -> Iterator[RawRecord | RowError]:
+    """Every record of one file in file order, or a `RowError` for a line that is not a record (invalid JSON/CSV);
+    from `start` on when given (JSON Lines and CSV only: a position from `record_starts`)."""
     kind = container_kind(path)
     if kind in ("parquet", "arrow"):
         return _iter_columnar(path, kind)
     if kind == "csv":
-        return _iter_csv(path, source.encoding)
+        return (item for _, item in _csv_items(path, source.encoding, start))
     if kind == "jsonl":
-        return _iter_jsonl(path, source.encoding)
+        return _iter_jsonl(path, source.encoding, start or FILE_START)
+    if start is not None:
+        raise ValueError(f"{path}: a JSON file is read from its start")
     return _iter_json(path, source.encoding)
+
+
+def record_starts(path: InputPath, source: SourceConfig) -> Iterator[Position | None]:
+    """Where each record of `iter_records(path)` starts, found without parsing JSON: a `Position` to read on from in
+    a JSON Lines or CSV file; None in a JSON, Parquet or Arrow file, which is read from its start."""
+    kind = container_kind(path)
+    if kind == "csv":
+        return (position for position, _ in _csv_items(path, source.encoding, None))
+    if kind == "jsonl":
+        return (Position(offset, lineno) for offset, lineno, text in _lines(path, source.encoding, FILE_START)
+                if text.strip())
+    if kind in ("parquet", "arrow"):
+        return (None for _ in _iter_columnar(path, kind))
+    return (None for _ in _iter_json(path, source.encoding))
 
 
 # --- formats --------------------------------------------------------------------------------------------------------
