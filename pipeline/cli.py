@@ -185,7 +185,8 @@ Examples:
 
 @main.command("preprocess", help=_PREPROCESS_HELP)
 @click.argument("inputs", nargs=-1)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory, or an object-storage prefix (s3://BUCKET/PREFIX, gs://...).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config (sections: source, render, mask, truncation, output).")
 @_config_option("--tokenizer", "render.tokenizer",
@@ -229,6 +230,7 @@ Examples:
 def preprocess_command(inputs, out, config_path, **options) -> None:
     from pipeline.errors import ConfigError
     from pipeline.run import preprocess
+    from pipeline.storage import is_url
     from schemas.config import load_config
 
     overrides = _overrides(options)
@@ -239,11 +241,16 @@ def preprocess_command(inputs, out, config_path, **options) -> None:
     config = load_config(config_path, overrides)
     if not config.inputs:
         raise ConfigError(["inputs: give INPUT arguments or `inputs:` in --config"])
-    manifest = preprocess(config, out)
+    if is_url(out):
+        from pipeline.remote_run import preprocess_to_store
+
+        manifest = preprocess_to_store(config, out)
+    else:
+        manifest = preprocess(config, Path(out))
     click.echo(format_summary(manifest, out))
 
 
-def format_summary(manifest: dict, out: Path) -> str:
+def format_summary(manifest: dict, out: Path | str) -> str:
     """A few lines a person reads after a run: what was written, what was not and why, where it went."""
     acc = manifest["accounting"]
     lines = [f"read {acc['read']}  written {acc['written']}  rejected {acc['rejected']}  filtered {acc['filtered']}"]
@@ -253,7 +260,7 @@ def format_summary(manifest: dict, out: Path) -> str:
     for kind in ("rejected_reasons", "filtered_reasons", "notes"):
         for reason, count in acc[kind].items():
             lines.append(f"  {kind.split('_')[0]}: {reason}: {count}")
-    lines.append(f"wrote {out} (rejects: {out / 'rejects.jsonl'})")
+    lines.append(f"wrote {out} (rejects: {str(out).rstrip('/')}/rejects.jsonl)")
     return "\n".join(lines)
 
 

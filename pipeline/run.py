@@ -12,7 +12,7 @@ import gc
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +142,9 @@ def _chunks(items: Iterable, size: int) -> Iterator[Iterator]:
 _END = object()
 
 
-def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
-    """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run."""
+def preprocess(config: PreprocessConfig, out: Path, on_journal: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run. `on_journal`
+    is called each time a chunk has been journaled (to copy the journal elsewhere)."""
     found = find_inputs(config.inputs)
     owned = claim(out, "shards", inputs=[*found.named, *found.files, *_local_paths(config)], writes=OUTPUT_PATHS)
     formats = detect_formats(found.files, config.source)
@@ -165,6 +166,7 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
             if done is None:
                 done = _write_chunk(work, index, process, chunk)
                 write_atomic(journal, json.dumps(done, sort_keys=True).encode())
+                on_journal()
             else:
                 for _ in chunk:  # already written: read past its rows
                     pass

@@ -88,6 +88,10 @@ class OutputConfig(_Frozen):
     rows_per_shard: int = Field(20_000, ge=1)
     workers: int = Field(1, ge=1)
     batch_size: int = Field(512, ge=1)
+    # How to reach an object-storage --out (the fsspec backend's keyword arguments, e.g. s3fs's endpoint_url, key,
+    # secret). Never written to the manifest or the run's fingerprint: it may hold credentials, and it does not change
+    # the output.
+    storage_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
