@@ -269,7 +269,7 @@ _CHECK_HELP = """Data-quality checks on a preprocess output, for CI: accounting,
 trained tokens, lengths against the limit, duplicates, labels, end-of-turn tokens, decode round trip, checksums.
 
 \b
-DIR: the --out directory of `preprocess` (manifest.json, split folders, tokenizer/).
+DIR: the --out directory of `preprocess` (manifest.json, split folders, tokenizer/), or its s3:// URL.
 Exit status: 0 every check passed, 1 a check failed, 2 DIR is not a valid output or --config is invalid.
 
 \b
@@ -281,7 +281,7 @@ Examples:
 
 
 @main.command("check", help=_CHECK_HELP)
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path())
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Thresholds YAML (keys as in schemas/check_config.py; list only what differs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every check.")
@@ -319,7 +319,7 @@ Examples:
 
 
 @main.command("show", help=_SHOW_HELP)
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path())
 @click.option("--index", type=int, help="Row number in the split (0-based) [default: 0].")
 @click.option("--id", "row_id", help="The row's `id` (searched in --split, or in every split).")
 @click.option("--split", help="Split to read [default: train].")

@@ -160,13 +160,19 @@ def test_datasets_load_from_disk_opens_the_output_on_s3(s3_env, chats):
     assert loaded["train"][0]["input_ids"] and loaded["train"][0]["labels"]
 
 
-def test_the_command_line_writes_to_an_s3_prefix(s3_env, chats):
+def test_the_command_line_writes_to_an_s3_prefix_and_checks_and_shows_it_there(s3_env, chats, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from pipeline.cli import main
 
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
     url = f"s3://{s3_env}/cli"
     result = CliRunner().invoke(main, ["preprocess", str(chats), "--tokenizer", str(DEMO_TOKENIZER), "--out", url])
     assert result.exit_code == 0, result.output
     assert f"wrote {url} (rejects: {url}/rejects.jsonl)" in result.output
     assert "manifest.json" in open_store(url).keys()
+    checked = CliRunner().invoke(main, ["check", url, "--json"])
+    statuses = {c["name"]: c["status"] for c in json.loads(checked.output)["checks"]}
+    assert statuses["checksums"] == "pass" and statuses["accounting"] == "pass", checked.output
+    shown = CliRunner().invoke(main, ["show", url, "--no-color"])
+    assert shown.exit_code == 0 and "[[" in shown.output, shown.output
