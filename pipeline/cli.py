@@ -187,7 +187,8 @@ Examples:
 
 @main.command("preprocess", help=_PREPROCESS_HELP)
 @click.argument("inputs", nargs=-1)
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory, or an object-storage prefix (s3://BUCKET/PREFIX, gs://...).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config (sections: inputs or sources and mixture, source, render, mask, truncation, output).")
 @_config_option("--tokenizer", "render.tokenizer",
@@ -235,6 +236,7 @@ Examples:
 def preprocess_command(inputs, out, config_path, ray_address, **options) -> None:
     from pipeline.errors import ConfigError
     from pipeline.run import preprocess
+    from pipeline.storage import is_url
     from schemas.config import load_config
 
     overrides = _overrides(options)
@@ -247,11 +249,16 @@ def preprocess_command(inputs, out, config_path, ray_address, **options) -> None
         raise ConfigError(["inputs: give INPUT arguments, or `inputs:` or `sources:` in --config"])
     if ray_address is not None and config.output.engine != "ray":
         raise ConfigError(["--ray-address: only with --engine ray (or output.engine: ray)"])
-    manifest = preprocess(config, out, ray_address=ray_address)
+    if is_url(out):
+        from pipeline.remote_run import preprocess_to_store
+
+        manifest = preprocess_to_store(config, out, ray_address=ray_address)
+    else:
+        manifest = preprocess(config, Path(out), ray_address=ray_address)
     click.echo(format_summary(manifest, out))
 
 
-def format_summary(manifest: dict, out: Path) -> str:
+def format_summary(manifest: dict, out: Path | str) -> str:
     """A few lines a person reads after a run: what was written, what was not and why, where it went."""
     acc = manifest["accounting"]
     lines = [f"read {acc['read']}  written {acc['written']}  rejected {acc['rejected']}  filtered {acc['filtered']}"]
@@ -264,7 +271,7 @@ def format_summary(manifest: dict, out: Path) -> str:
     for source in manifest.get("sources", []):
         lines.append(f"  source {source['path']}: drew {source['drawn']} of its {source['read']} rows: written "
                      f"{source['written']}, rejected {source['rejected']}, filtered {source['filtered']}")
-    lines.append(f"wrote {out} (rejects: {out / 'rejects.jsonl'})")
+    lines.append(f"wrote {out} (rejects: {str(out).rstrip('/')}/rejects.jsonl)")
     return "\n".join(lines)
 
 
@@ -273,7 +280,7 @@ _CHECK_HELP = """Data-quality checks on a preprocess output, for CI: accounting,
 trained tokens, lengths against the limit, duplicates, labels, end-of-turn tokens, decode round trip, checksums.
 
 \b
-DIR: the --out directory of `preprocess` (manifest.json, split folders, tokenizer/).
+DIR: the --out directory of `preprocess` (manifest.json, split folders, tokenizer/), or its s3:// URL.
 Exit status: 0 every check passed, 1 a check failed, 2 DIR is not a valid output or --config is invalid.
 
 \b
@@ -285,7 +292,7 @@ Examples:
 
 
 @main.command("check", help=_CHECK_HELP)
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path())
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Thresholds YAML (keys as in schemas/check_config.py; list only what differs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every check.")
@@ -323,7 +330,7 @@ Examples:
 
 
 @main.command("show", help=_SHOW_HELP)
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path())
 @click.option("--index", type=int, help="Row number in the split (0-based) [default: 0].")
 @click.option("--id", "row_id", help="The row's `id` (searched in --split, or in every split).")
 @click.option("--split", help="Split to read [default: train].")

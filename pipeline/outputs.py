@@ -47,13 +47,7 @@ class OwnedDir:
 
     def owns(self, rel: str) -> bool:
         """Whether `rel` is the tool's: recorded, the temp file of a recorded file, or inside a scratch directory."""
-        if rel in (LEDGER, _LEDGER_TMP) or rel in self._paths:
-            return True
-        if any(_under(rel, s) for s in self._scratch):
-            return True
-        path = PurePosixPath(rel)
-        temp_of = path.name[1:-len(".tmp")] if path.name.startswith(".") and path.name.endswith(".tmp") else ""
-        return bool(temp_of) and path.with_name(temp_of).as_posix() in self._paths
+        return owned(rel, self._paths, self._scratch)
 
     def record(self, *rels: str) -> None:
         """Record paths (and the folders above them) before creating them; a path already there that is not ours
@@ -132,11 +126,7 @@ class OwnedDir:
         return found
 
     def _refusal(self, foreign: list[str], action: str) -> OutputError:
-        names = ", ".join(str(self.root / f) for f in foreign[:_SHOWN])
-        more = f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else ""
-        them = "them" if len(foreign) > 1 else "it"
-        return OutputError(f"{names}{more}: not written by chatshard (not listed in {self.root / LEDGER}); refusing "
-                           f"to {action} {them}: move {them} away or choose another --out")
+        return refusal([str(self.root / f) for f in foreign], str(self.root / LEDGER), action)
 
     def _forget(self, gone: Callable[[str], bool]) -> None:
         kept_paths = {p for p in self._paths if not gone(p)}
@@ -146,9 +136,51 @@ class OwnedDir:
             self._save()
 
     def _save(self) -> None:
-        ledger = {"tool": "chatshard", "version": 1, "kind": self.kind, "paths": sorted(self._paths),
-                  "scratch": sorted(self._scratch)}
-        write_atomic(self.root / LEDGER, (json.dumps(ledger, indent=1) + "\n").encode())
+        write_atomic(self.root / LEDGER, ledger_bytes(self.kind, self._paths, self._scratch))
+
+
+def owned(rel: str, paths: set[str], scratch: set[str]) -> bool:
+    """Whether `rel` belongs to the tool, by a ledger's `paths` and `scratch` (see the module's docstring)."""
+    if rel in (LEDGER, _LEDGER_TMP) or rel in paths:
+        return True
+    if any(_under(rel, s) for s in scratch):
+        return True
+    path = PurePosixPath(rel)
+    temp_of = path.name[1:-len(".tmp")] if path.name.startswith(".") and path.name.endswith(".tmp") else ""
+    return bool(temp_of) and path.with_name(temp_of).as_posix() in paths
+
+
+def ledger_bytes(kind: str, paths: Iterable[str], scratch: Iterable[str]) -> bytes:
+    """The ledger's contents: the same format wherever the output lives (a directory or an object-store prefix)."""
+    ledger = {"tool": "chatshard", "version": 1, "kind": kind, "paths": sorted(paths), "scratch": sorted(scratch)}
+    return (json.dumps(ledger, indent=1) + "\n").encode()
+
+
+def parse_ledger(text: str, where: str) -> tuple[str, list[str], list[str]]:
+    """(kind, paths, scratch) of a ledger read from `where`; `OutputError` naming it when it is not one."""
+    try:
+        data = json.loads(text)
+        return data["kind"], list(data["paths"]), list(data["scratch"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{where}: unreadable ledger of chatshard ({e}); fix it or choose another --out") from None
+
+
+def refusal(foreign: list[str], ledger: str, action: str) -> OutputError:
+    """The error for paths (named in full) found where the run would `action` them, not listed in `ledger`."""
+    names = ", ".join(foreign[:_SHOWN])
+    more = f" and {len(foreign) - _SHOWN} more" if len(foreign) > _SHOWN else ""
+    them = "them" if len(foreign) > 1 else "it"
+    return OutputError(f"{names}{more}: not written by chatshard (not listed in {ledger}); refusing to {action} "
+                       f"{them}: move {them} away or choose another --out")
+
+
+def other_kind(where: str, found: str, kind: str) -> OutputError:
+    return OutputError(f"{where}: holds a chatshard {found} output, not a {kind} output; choose another --out")
+
+
+def listing(entries: list[str]) -> str:
+    """The first entries of a folder or prefix, for a message."""
+    return ", ".join(entries[:_SHOWN]) + (f" and {len(entries) - _SHOWN} more" if len(entries) > _SHOWN else "")
 
 
 def claim(directory: Path, kind: str, *, inputs: Iterable[Path] = (), writes: Iterable[str] = (),
@@ -185,18 +217,17 @@ def _open(directory: Path, kind: str) -> OwnedDir:
     ledger = directory / LEDGER
     if ledger.is_file():
         try:
-            data = json.loads(ledger.read_text(encoding="utf-8"))
-            owned = OwnedDir(directory, data["kind"], data["paths"], data["scratch"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            text = ledger.read_text(encoding="utf-8")
+        except (OSError, ValueError) as e:
             raise OutputError(f"{ledger}: unreadable ledger of chatshard ({e}); fix it or choose another --out") from None
+        owned = OwnedDir(directory, *parse_ledger(text, str(ledger)))
         if owned.kind != kind:
-            raise OutputError(f"{directory}: holds a chatshard {owned.kind} output, not a {kind} output; choose "
-                              "another --out")
+            raise other_kind(str(directory), owned.kind, kind)
         return owned
     entries = sorted(e.name + "/" * e.is_dir() for e in os.scandir(directory)
                      if e.name not in (LEDGER, _LEDGER_TMP)) if directory.is_dir() else []
     if entries:
-        held = ", ".join(entries[:_SHOWN]) + (f" and {len(entries) - _SHOWN} more" if len(entries) > _SHOWN else "")
+        held = listing(entries)
         earlier = _earlier_output(directory)
         what = (f"a {earlier} output of an earlier chatshard version, which did not record its files in {LEDGER}"
                 if earlier else "not an output of chatshard")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,11 @@ OUTPUT_PATHS = (MANIFEST, "dataset_dict.json", "rejects.jsonl", "warnings.jsonl"
 EXECUTION_KEYS = ("engine", "workers")
 
 
-def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None = None) -> dict[str, Any]:
+def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None = None,
+               on_journal: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Run the whole preprocess stage into `out` and return the manifest. Resumes an interrupted run, whichever
     engine wrote its journal. `ray_address`: the Ray cluster to join (`--engine ray`; default: `RAY_ADDRESS`, else a
-    new local one)."""
+    new local one). `on_journal` is called each time a chunk has been journaled (to copy the journal elsewhere)."""
     sources = find_sources(config.sources)
     if sources and config.output.engine == "ray":
         raise ConfigError(["sources: the ray engine reads `inputs:` only for now; run a mixture with --engine local"])
@@ -73,6 +74,7 @@ def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None =
         receipts = run_local(config, task, records, journal.work, journal.finished)
     for index, receipt in receipts:
         journal.record(index, receipt)
+        on_journal()
     stats = Stats()
     shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
     for receipt in journal.receipts():

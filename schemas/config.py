@@ -92,6 +92,10 @@ class OutputConfig(_Frozen):
     engine: Literal["local", "ray"] = Field(
         "local", description="local: worker processes on this machine; ray: Ray Data workers on a Ray cluster"
     )
+    # How to reach an object-storage --out (the fsspec backend's keyword arguments, e.g. s3fs's endpoint_url, key,
+    # secret). Never written to the manifest or the run's fingerprint: it may hold credentials, and it does not change
+    # the output.
+    storage_options: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 
 PRESET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {

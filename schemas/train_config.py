@@ -34,7 +34,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # I/O
-    data: Path = Field(description="shard directory written by `preprocess` (manifest.json, train/, tokenizer/)")
+    data: str | Path = Field(description="shard directory written by `preprocess` (manifest.json, train/, "
+                             "tokenizer/), or its object-storage URL (s3://BUCKET/PREFIX), copied down to a cache")
     out: Path = Field(description="run directory: metrics.jsonl, loss.png, checkpoints/, final/")
     resume: bool = False  # continue from the newest checkpoint in `out`
     allow_schedule_change: bool = False  # let a resumed run change RESUME_SCHEDULE options (noted in metrics.jsonl)

@@ -164,7 +164,7 @@ def format_value(value: Any) -> str:
 # --- the output directory -------------------------------------------------------------------------------------------
 
 
-def open_output(path: Path) -> Output:
+def open_output(path: Path | str) -> Output:
     """Open the output and its tokenizer; `InputError` (the CLI's exit 2) names what is missing or unreadable."""
     shards = open_shards(path)
     truncation = shards.config_section("truncation", TruncationConfig)
@@ -524,9 +524,9 @@ CHECKS = {
 }
 
 
-def run_checks(directory: Path, config: CheckConfig = CheckConfig()) -> CheckReport:
+def run_checks(directory: Path | str, config: CheckConfig = CheckConfig()) -> CheckReport:
     """Every check on one output directory. Raises `InputError` when it is not a valid output."""
-    output = open_output(Path(directory))
+    output = open_output(directory)
     scan = scan_shards(output, config)
     results = [
         CheckResult(name, "skip", None, "", "skipped by config") if name in config.skip else check(output, scan, config)

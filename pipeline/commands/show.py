@@ -88,7 +88,7 @@ def format_sample(tokenizer, row: RowSample, *, highlight: Callable[[str], str] 
     return "\n".join(out)
 
 
-def show(directory: Path, *, split: str | None = None, index: int | None = None, row_id: str | None = None,
+def show(directory: Path | str, *, split: str | None = None, index: int | None = None, row_id: str | None = None,
          highlight: Callable[[str], str] | None = None, ids: bool = False) -> str:
     """`python -m pipeline show`: one sample of an output directory as text."""
     shards = open_shards(directory)

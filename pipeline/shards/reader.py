@@ -9,7 +9,9 @@ template are loaded here: the trainer reads only the manifest and the Arrow file
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,10 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import InputError
+from pipeline.outputs import LEDGER, write_atomic
 from pipeline.shards.format import IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
+from pipeline.shards.writer import sha256_file
+from pipeline.storage import is_url, open_store
 from schemas.loading import problems
 
 COLUMNS = ("input_ids", "labels", "id")  # what a split needs to be read at all
@@ -32,10 +37,18 @@ def read_manifest(path: Path) -> Manifest:
     """The validated manifest of output directory `path`."""
     file = path / MANIFEST
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        return parse_manifest(file.read_bytes(), str(file))
     except FileNotFoundError:
         raise InputError(f"{path} is not a preprocess output: no {MANIFEST} (an interrupted run writes none)") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise InputError(f"{file} is not a valid manifest: unreadable: {exc}") from None
+
+
+def parse_manifest(text: bytes, file: str) -> Manifest:
+    """The manifest in `text`, validated; `InputError` naming `file` and each bad field."""
+    try:
+        data = json.loads(text.decode("utf-8"))
+    except ValueError as exc:
         raise InputError(f"{file} is not a valid manifest: unreadable: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"{file} is not a valid manifest: it must be a JSON object")
@@ -216,8 +229,9 @@ class Shards:
 
 
 def open_shards(path: Path | str) -> Shards:
-    """Open a `preprocess` output directory; `InputError` when it is not one or a shard file it lists is missing."""
-    path = Path(path)
+    """Open a `preprocess` output directory, or one in object storage (`s3://...`, copied down first: see
+    `fetch`); `InputError` when it is not one or a shard file it lists is missing."""
+    path = fetch(path) if is_url(path) else Path(path)
     if not path.is_dir():
         raise InputError(f"{path}: no such shard directory (run `python -m pipeline preprocess` first)")
     shards = Shards(path, read_manifest(path))
@@ -225,6 +239,50 @@ def open_shards(path: Path | str) -> Shards:
     if missing:
         raise InputError(f"{path}: shard files named in the manifest are missing: {', '.join(missing)}")
     return shards
+
+
+def cache_root() -> Path:
+    """Where outputs in object storage are copied down: `$CHATSHARD_CACHE`, else `chatshard/` in the user's cache
+    folder (`$XDG_CACHE_HOME`, else `~/.cache`)."""
+    if os.environ.get("CHATSHARD_CACHE"):
+        return Path(os.environ["CHATSHARD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatshard"
+
+
+def fetch(url: str) -> Path:
+    """A local copy of the output at `url` (endpoint and credentials from the environment), in the cache, one folder
+    per URL. Each shard and `rejects.jsonl` is checked against the manifest's sha256 as it arrives, and the manifest
+    is written last, so a copy with a manifest is complete; a copy of the same manifest is reused as it is, and only
+    files that differ are fetched again. Several processes (ranks) may fetch at once: files land by rename."""
+    store = open_store(url)
+    local = cache_root() / "shards" / hashlib.sha256(store.url.encode()).hexdigest()[:16]
+    try:
+        text = store.read(MANIFEST)
+    except FileNotFoundError:
+        raise InputError(f"{store.url} is not a preprocess output: no {MANIFEST} (an interrupted run writes none)") from None
+    except OSError as exc:
+        raise InputError(f"{store.name(MANIFEST)}: cannot read: {exc.strerror or exc}") from None
+    manifest = parse_manifest(text, store.name(MANIFEST))
+    copy = local / MANIFEST
+    if copy.is_file() and copy.read_bytes() == text:
+        return local
+    copy.unlink(missing_ok=True)
+    checksums = {f"{split}/{shard.file}": shard.sha256 for split, info in manifest.splits.items() for shard in info.shards}
+    checksums["rejects.jsonl"] = manifest.rejects_sha256
+    keys = [k for k in store.keys() if k not in (MANIFEST, LEDGER) and not k.startswith(".")]  # not the journal
+    for key in keys:
+        file, want = local / key, checksums.get(key)
+        if want and file.is_file() and sha256_file(file) == want:
+            continue
+        store.download(key, file)
+        if want and sha256_file(file) != want:
+            raise InputError(f"{store.name(key)}: sha256 differs from the manifest's ({want[:12]}...): the output is "
+                             "damaged or changed while it was read")
+    for stale in local.rglob("*"):  # files of an earlier version of the output (not others' temp files)
+        if stale.is_file() and not stale.name.startswith(".") and stale.relative_to(local).as_posix() not in keys:
+            stale.unlink()
+    write_atomic(copy, text)
+    return local
 
 
 def _open_split(name: str, files: list[Path]) -> Split:

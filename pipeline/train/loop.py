@@ -150,7 +150,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
     # A run dir without a checkpoint (killed before its first one) holds nothing to continue: a fresh start over it
     # is allowed and starts clean.
     checkpoints = list_checkpoints(out)
-    data = data_record(cfg.data)
+    data = data_record(cfg.data, shards.path)
     if cfg.resume and not checkpoints:
         raise ConfigError([f"resume: no checkpoint in {out / 'checkpoints'} (a run stopped before its first "
                            "checkpoint has none): run the same command without --resume to start it from step 0"])

@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.storage import is_url
 from schemas.train_config import RESUME_FIXED, RESUME_SCHEDULE, TrainConfig
 
 
-def data_record(path: Path) -> dict[str, str]:
-    """Which shards a run reads. The manifest lists every shard's checksum, so its own sha256 tells the data apart
-    (the same shards moved elsewhere keep it); the resolved path is only for messages."""
-    manifest = Path(path) / "manifest.json"
-    return {"path": str(Path(path).resolve()), "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
+def data_record(path: Path | str, local: Path | None = None) -> dict[str, str]:
+    """Which shards a run reads (`path` as given; `local` where they were opened, for a URL its cached copy). The
+    manifest lists every shard's checksum, so its own sha256 tells the data apart (the same shards moved elsewhere
+    keep it); the path (resolved, when local) is only for messages."""
+    shown = str(path) if is_url(path) else str(Path(path).resolve())
+    manifest = Path(local or path) / "manifest.json"
+    return {"path": shown, "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()}
 
 
 def check_resume(ckpt: dict[str, Any], cfg: TrainConfig, *, world: int, data: dict[str, str],

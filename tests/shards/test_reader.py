@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -136,3 +137,45 @@ def test_check_tokens_refuses_ids_outside_the_vocabulary_and_shifted_labels(tmp_
     split = open_shards(write_output(tmp_path / "b", {"train": shifted}, vocab_size=32)).split("train")
     with pytest.raises(InputError, match="labels are neither -100 nor the token at their position"):
         split.check_tokens(32)
+
+
+def _upload(out, url: str) -> None:
+    from pipeline.storage import open_store
+
+    open_store(url).upload((p, p.relative_to(out).as_posix()) for p in sorted(out.rglob("*")) if p.is_file())
+
+
+@pytest.fixture
+def on_s3(out, s3_env, tmp_path, monkeypatch):
+    """`out` uploaded to a prefix of the local S3 server, and a fresh cache for copies of outputs in storage."""
+    pytest.importorskip("s3fs")
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{s3_env}/shards"
+    _upload(out, url)
+    return url
+
+
+def test_an_output_in_object_storage_is_copied_down_checked_and_reused(out, on_s3, monkeypatch):
+    from pipeline.storage import Store
+
+    shards = open_shards(on_s3)
+    assert str(shards.path).startswith(os.environ["CHATSHARD_CACHE"])
+    assert len(shards.split("train")) == 8 and shards.split("train").row(5).id == "row-5"
+    for path, _ in shards.files("train"):
+        assert path.read_bytes() == (out / "train" / path.name).read_bytes()
+    monkeypatch.setattr(Store, "download", lambda *a: pytest.fail("an up-to-date copy is fetched again"))
+    assert open_shards(on_s3).path == shards.path
+
+
+def test_a_shard_in_storage_that_differs_from_the_manifest_is_refused(out, on_s3):
+    from pipeline.storage import open_store
+
+    open_store(on_s3).write("train/data-00001-of-00003.arrow", b"not the shard")
+    with pytest.raises(InputError, match=r"s3://.*/shards/train/data-00001-of-00003.arrow: sha256 differs from the manifest's"):
+        open_shards(on_s3)
+
+
+def test_a_prefix_without_a_manifest_is_not_an_output(s3_env):
+    pytest.importorskip("s3fs")
+    with pytest.raises(InputError, match=r"s3://.*/nothing is not a preprocess output: no manifest.json"):
+        open_shards(f"s3://{s3_env}/nothing")

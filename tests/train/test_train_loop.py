@@ -168,3 +168,21 @@ def test_cli_errors_exit_2_without_traceback(shards, saved_model, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output and "Traceback" not in result.output, result.output
     assert "Examples:" in runner.invoke(main, ["train", "--help"]).output
+
+
+def test_trains_on_the_demo_shards_from_object_storage(s3_env, tmp_path, monkeypatch):
+    pytest.importorskip("s3fs")
+    from pipeline.remote_run import preprocess_to_store
+    from schemas.config import load_config
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)  # the demo config names its inputs from the repository root
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{s3_env}/demo"
+    preprocess_to_store(load_config(REPO / "data" / "preprocess.yaml", {}), url)
+    out = tmp_path / "run"
+    result = run(url, out, max_steps=3)
+    assert len(losses(out)) == 3 and result.last_loss > 0
+    ckpt = torch.load(sorted((out / "checkpoints").iterdir())[-1], weights_only=False)
+    assert ckpt["data"]["path"] == url
+    assert json.loads((out / "config.json").read_text())["data"] == url
