@@ -47,7 +47,7 @@ from pipeline.shards.writer import (
     write_manifest,
 )
 from pipeline.stages.ingest import RawRecord, detect_formats, find_inputs, read_records
-from pipeline.stages.mixture import Mixture, all_inputs, find_sources
+from pipeline.stages.mixture import Mixture, all_inputs, find_sources, row_tokens
 from pipeline.stages.split import SPLITS
 from pipeline.stats import Stats
 from pipeline.step import Chain, Outcome
@@ -118,6 +118,11 @@ def _counts_by_file(outcome: Outcome) -> dict[str, Counter[str]]:
     return files
 
 
+def _row_tokens(task: BatchTask, records: list) -> list[int]:
+    """A worker's part of a mixture's counting pass: each record's tokens as written, with the worker's chain."""
+    return row_tokens(task.chain, records)
+
+
 def _build_task(config: PreprocessConfig) -> BatchTask:
     """A spawned worker's own task (a forked one shares its parent's)."""
     return BatchTask(build_chain(config, Toolkit.load(config)))
@@ -181,6 +186,9 @@ def preprocess(config: PreprocessConfig, out: Path) -> dict[str, Any]:
         toolkit = Toolkit.load(config)
         task = BatchTask(build_chain(config, toolkit))
     with _executor(config, task) as pool:
+        if mixture:
+            mixture = mixture.counted(lambda items: itertools.chain.from_iterable(pool.map(
+                _batches(progress(items, desc="count tokens"), config.output.batch_size), using=_row_tokens)))
         summary = tokenizer_summary(toolkit.tokenizer, toolkit.template)
         run_key = _fingerprint({"config": config.model_dump(mode="json"), "inputs": inputs, "tokenizer": summary, "version": __version__})
         work = _prepare_work_dir(owned, run_key)
