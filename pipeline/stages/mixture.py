@@ -150,6 +150,7 @@ class PlannedSource:
     rows: int
     passes: int = 0
     part: np.ndarray | None = None
+    token_share: int | None = None
 
     @classmethod
     def of_rows(cls, source: Source, formats: dict[Path, str], rows: int, drawn: int, seed: int) -> "PlannedSource":
@@ -168,7 +169,7 @@ class PlannedSource:
                              f"{share} tokens are to be drawn from it")
         passes, rest = divmod(share, whole) if whole else (0, 0)
         part = rows_reaching(tokens, rest, seed, self.source.index) if rest else None
-        return dataclasses.replace(self, passes=passes, part=part)
+        return dataclasses.replace(self, passes=passes, part=part, token_share=share)
 
     @property
     def drawn(self) -> int:
@@ -245,7 +246,8 @@ class Mixture:
             counts = sum((files.get(str(path), Counter()) for path in p.formats), Counter())
             entries.append(SourceEntry(path=p.source.spec.path, read=p.rows, drawn=p.drawn, written=counts["written"],
                                        rejected=counts["rejected"], filtered=counts["filtered"],
-                                       tokens=counts["tokens"], trained_tokens=counts["trained_tokens"]))
+                                       tokens=counts["tokens"], trained_tokens=counts["trained_tokens"],
+                                       token_share=p.token_share))
         return entries
 
 

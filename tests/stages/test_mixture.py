@@ -302,6 +302,19 @@ def test_a_token_mixture_writes_the_fewest_rows_that_reach_each_share(tmp_path):
         last = max(d for d, _ in rows)
         assert tokens >= share and tokens - max(t for d, t in rows if d == last) < share  # less than one row over
         assert entry["tokens"] == tokens and entry["drawn"] == entry["written"] + entry["rejected"] + entry["filtered"]
+        assert entry["token_share"] == share
         assert last > 1  # the small sources are read more than once
     assert manifest["sources"][1]["rejected"] == max(d for d, _ in written["sg.jsonl"]) - 1  # the bad line, per pass
-    assert run_checks(out).results  # a valid output
+    assert {r.name: r.status for r in run_checks(out).results}["accounting"] == "pass"
+    manifest_path = out / "manifest.json"
+    edited = json.loads(manifest_path.read_text())
+    edited["sources"][0]["token_share"] = edited["sources"][0]["tokens"] + 1
+    manifest_path.write_text(json.dumps(edited))
+    accounting = {r.name: r for r in run_checks(out).results}["accounting"]
+    assert accounting.status == "fail" and "qa.csv: tokens " in accounting.detail and "below its token_share" in \
+        accounting.detail
+
+
+def test_a_mixture_of_rows_has_no_token_share(tmp_path):
+    manifest = preprocess(_mixture_config(tmp_path), tmp_path / "out")
+    assert all("token_share" not in entry for entry in manifest["sources"])
