@@ -107,8 +107,7 @@ def test_a_token_share_is_whole_passes_and_the_fewest_seeded_rows_that_reach_the
     tokens = [[5, 0, 7, 3, 9], [4, 4, 4]]  # 24 and 12 tokens; the second row of the first source is not written
     plan = _token_plan(tmp_path, tokens, total_tokens=100)  # 50 tokens each: 2 passes + 2, and 4 passes + 2
     for source, share in enumerate([50, 50]):
-        draws = [(row, draw) for drawn, _ in plan.records() if drawn.source == source
-                 for row, draw in [(drawn.record.row, drawn.draw)]]
+        draws = [(drawn.record.row, drawn.draw) for drawn, _ in plan.records() if drawn.source == source]
         rows = tokens[source]
         passes = share // sum(rows)
         assert Counter(d for _, d in draws if d <= passes) == {d: len(rows) for d in range(1, passes + 1)}
