@@ -19,7 +19,7 @@ from pipeline import __version__
 from pipeline.chain import Toolkit, build_chain
 from pipeline.engines.chunk import BatchTask
 from pipeline.engines.journal import WORK_DIR, Journal
-from pipeline.engines.local import run_local
+from pipeline.engines.local import count_row_tokens, run_local
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.shards.format import (
@@ -70,6 +70,8 @@ def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None =
 
         receipts = run_ray(config, formats, journal.work, journal.finished, address=ray_address)
     else:
+        if mixture:
+            mixture = mixture.counted(lambda items: count_row_tokens(config, task, items))
         records = mixture.records() if mixture else read_records(formats, config.source)
         receipts = run_local(config, task, records, journal.work, journal.finished)
     for index, receipt in receipts:

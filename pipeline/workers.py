@@ -56,15 +56,17 @@ class BatchPool:
         finally:
             _task = None
 
-    def map(self, batches: Iterable[Any]) -> Iterator[Any]:
-        """Each batch's result, in input order."""
+    def map(self, batches: Iterable[Any], using: Callable[[Any, Any], Any] | None = None) -> Iterator[Any]:
+        """Each batch's result, in input order: the task's, or `using(task, batch)`'s (`using` picklable: another
+        job done with what the task holds)."""
         if self._pool is None:
-            yield from map(self.task, batches)
+            yield from (self.task(batch) if using is None else using(self.task, batch) for batch in batches)
             return
         pending: deque = deque()
         try:
             for batch in batches:
-                pending.append(self._pool.submit(run_task, batch))
+                job = (run_task, batch) if using is None else (run_using_task, using, batch)
+                pending.append(self._pool.submit(*job))
                 if len(pending) > 2 * self.workers:
                     yield pending.popleft().result()
             while pending:
@@ -90,6 +92,10 @@ def _init_worker(parent: int, build: Callable[[], Callable[[Any], Any]] | None) 
 
 def run_task(batch: Any) -> Any:
     return _task(batch)
+
+
+def run_using_task(using: Callable[[Any, Any], Any], batch: Any) -> Any:
+    return using(_task, batch)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -138,12 +138,15 @@ class PreprocessConfig(_Frozen):
         if "mixture" in self.model_fields_set and not self.sources:
             raise ValueError("mixture: only used with sources")
         weighted = [s.weight is not None for s in self.sources]
+        total = self.mixture.total
         if any(weighted) and not all(weighted):
-            raise ValueError("sources: weights share out mixture.total_rows, so give every source a weight or none")
-        if any(weighted) and self.mixture.total_rows is None:
-            raise ValueError("sources: weighted sources need mixture.total_rows (the rows to share out)")
-        if self.mixture.total_rows is not None and not any(weighted):
-            raise ValueError("mixture.total_rows: is shared out by weight, so give every source a weight")
+            raise ValueError(f"sources: weights share out mixture.{total or 'total_rows'}, so give every source a "
+                             "weight or none")
+        if any(weighted) and total is None:
+            raise ValueError("sources: weighted sources need mixture.total_rows or mixture.total_tokens (the rows or "
+                             "tokens to share out)")
+        if total is not None and not any(weighted):
+            raise ValueError(f"mixture.{total}: is shared out by weight, so give every source a weight")
         return self
 
     @model_serializer(mode="wrap")

@@ -21,7 +21,9 @@ class MixtureSource(SourceConfig):
     default_system: str | None = Field(
         default=None, description="a system message for conversations that have none (replaces a template's default)"
     )
-    weight: float | None = Field(default=None, gt=0, description="this source's share of mixture.total_rows")
+    weight: float | None = Field(
+        default=None, gt=0, description="this source's share of mixture.total_rows or mixture.total_tokens"
+    )
     epochs: float | None = Field(default=None, gt=0, description="passes over the rows; 1.5 = all once + a seeded half")
     max_rows: int | None = Field(default=None, ge=1, description="at most this many rows, a seeded choice")
 
@@ -39,9 +41,24 @@ class MixtureSource(SourceConfig):
 
 
 class MixtureConfig(BaseModel):
-    """How weighted sources are combined: `total_rows` shared out by weight, and the seed of every draw."""
+    """How weighted sources are combined: `total_rows` or `total_tokens` shared out by weight, and the seed of every
+    draw."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     total_rows: int | None = Field(default=None, ge=1, description="rows drawn in all, shared out by the weights")
+    total_tokens: int | None = Field(
+        default=None, ge=1, description="tokens written in all (at least), shared out by the weights"
+    )
     seed: int = Field(default=42, description="seeds the choice of rows of every source that is not read whole")
+
+    @model_validator(mode="after")
+    def _one_total(self) -> "MixtureConfig":
+        if self.total_rows is not None and self.total_tokens is not None:
+            raise ValueError("give total_rows or total_tokens, not both")
+        return self
+
+    @property
+    def total(self) -> str | None:
+        """The key of the total the weights share out (`total_rows` or `total_tokens`), or None."""
+        return next((key for key in ("total_rows", "total_tokens") if getattr(self, key) is not None), None)

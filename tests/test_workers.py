@@ -3,6 +3,7 @@ sends it), and Ctrl-C (SIGINT to the whole process group) is left to the parent:
 traceback. Real `preprocess --workers 2` processes, on Linux (they are read from /proc)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.workers import BatchPool
 from tests.conftest import DEMO_TOKENIZER, REPO
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
@@ -125,3 +127,24 @@ def test_the_parent_watch_ends_a_process_whose_parent_dies(tmp_path):
         if _alive(child):
             os.kill(child, signal.SIGKILL)
         process.stdout.close()
+
+
+class _Add:
+    """A task that holds something (as the chain holds the tokenizer)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, batch: list[int]) -> list[int]:
+        return [x + self.n for x in batch]
+
+
+def _times_held(task: _Add, batch: list[int]) -> list[int]:
+    return [x * task.n for x in batch]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_pool_runs_another_job_with_what_its_task_holds(workers):
+    with BatchPool(_Add(3), workers=workers, build=functools.partial(_Add, 3)) as pool:
+        assert list(pool.map([[1, 2], [3]], using=_times_held)) == [[3, 6], [9]]
+        assert list(pool.map([[1], [2]])) == [[4], [5]]  # the task itself, on the same workers

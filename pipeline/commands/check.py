@@ -387,11 +387,14 @@ def check_accounting(output: Output, scan: Scan, config: CheckConfig) -> CheckRe
 
 
 def _source_problems(manifest: Manifest) -> list[str]:
-    """A manifest with `sources`: each source balanced, and the sources adding up to the run's totals."""
+    """A manifest with `sources`: each source balanced (and given its token share), and the sources adding up to the
+    run's totals."""
     if manifest.sources is None:
         return []
     problems = [f"source {s.path}: drawn {s.drawn} != written {s.written} + rejected {s.rejected} + filtered "
                 f"{s.filtered}" for s in manifest.sources if s.drawn != s.written + s.rejected + s.filtered]
+    problems += [f"source {s.path}: tokens {s.tokens} below its token_share {s.token_share}" for s in manifest.sources
+                 if s.token_share is not None and s.tokens < s.token_share]
     acc = manifest.accounting
     totals = {"read": (acc.read, "drawn"), "written": (acc.written, "written"), "rejected": (acc.rejected, "rejected"),
               "filtered": (acc.filtered, "filtered"),

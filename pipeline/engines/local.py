@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.chunk import BatchTask, Records, build_task, process_chunk, write_chunk
+from pipeline.engines.chunk import BatchTask, Records, batches, build_task, process_chunk, write_chunk
 from pipeline.progress import progress
+from pipeline.stages.mixture import row_tokens
 from pipeline.workers import BatchPool
 from schemas.config import PreprocessConfig
 
@@ -28,6 +29,19 @@ def run_local(config: PreprocessConfig, task: BatchTask, records: Records, work:
                     pass
                 continue
             yield index, write_chunk(work, index, process, chunk)
+
+
+def count_row_tokens(config: PreprocessConfig, task: BatchTask, records: Records) -> Iterator[int]:
+    """A mixture's counting pass on the worker pool: each record's tokens as written (0 when rejected or filtered)."""
+    with _executor(config, task) as pool:
+        batched = batches(progress(records, desc="count tokens"), config.output.batch_size)
+        for counts in pool.map(batched, using=_row_tokens):
+            yield from counts
+
+
+def _row_tokens(task: BatchTask, records: list) -> list[int]:
+    """A worker's part of the counting pass, with the worker's own chain."""
+    return row_tokens(task.chain, records)
 
 
 @contextmanager

@@ -150,7 +150,8 @@ class InputFile(_Entry):
 class SourceEntry(_Entry):
     """One entry of the config's `sources`: `read` rows the source holds, `drawn` rows the mixture took from them
     (repeats included), and what became of the drawn rows: drawn = written + rejected + filtered (checked by
-    `check`); `tokens` and `trained_tokens` of the rows written."""
+    `check`); `tokens` and `trained_tokens` of the rows written. `token_share`: in a mixture of `total_tokens` only,
+    the tokens asked of the source, which `tokens` reaches (checked by `check`)."""
 
     path: str
     read: NonNegativeInt
@@ -160,6 +161,15 @@ class SourceEntry(_Entry):
     filtered: NonNegativeInt
     tokens: NonNegativeInt
     trained_tokens: NonNegativeInt
+    token_share: NonNegativeInt | None = None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """A mixture of rows has no `token_share` key, rather than a null one."""
+        data = handler(self)
+        if self.token_share is None:
+            data.pop("token_share", None)
+        return data
 
 
 class ToolInfo(_Entry):

@@ -7,7 +7,15 @@ Each source is counted first (`read`: its records, bad lines included, in file o
   (ties to the earlier source).
 A source asked for `q` rows is read `q // read` times whole, in file order, and then once more for a seeded choice of
 `q % read` of its rows (in file order, without repeats): a source with fewer rows than its share repeats them.
-The choice depends only on `mixture.seed` and the source's position, so the rows drawn, their order and therefore
+
+With `mixture.total_tokens` the weights share out tokens instead (by largest remainder too). A row's tokens are those
+it is written with (0 when rejected or filtered), so they are known only after the chain: a counting pass runs the
+run's own chain over one pass of every source first (`Mixture.counted`). A source asked for `t` tokens whose rows
+write `s` is read `t // s` times whole, then once more for the fewest rows of a seeded order of its rows (those that
+write tokens) whose tokens reach `t % s`, taken in file order: it writes at least `t` tokens, and less than one row
+more.
+
+Every choice depends only on `mixture.seed` and the source's position, so the rows drawn, their order and therefore
 the shards are the same for any number of workers. Sources follow each other in the config's order (the trainer
 shuffles).
 
@@ -20,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -33,7 +41,7 @@ from pipeline.stages import adapt
 from pipeline.stages.ingest import Inputs, RawRecord, detect_formats, find_inputs, read_records
 from pipeline.stages.remote import RemoteFile
 from pipeline.stages.row import Row
-from pipeline.step import RowStep, Tally
+from pipeline.step import Chain, RowStep, Tally
 from schemas.mixture import MixtureConfig, MixtureSource
 from schemas.records import Conversation, Message
 
@@ -78,11 +86,23 @@ def rows_to_draw(spec: MixtureSource, rows: int) -> int:
     return rows
 
 
+def _mask(rows: int, positions: np.ndarray) -> np.ndarray:
+    mask = np.zeros(rows, dtype=bool)
+    mask[positions] = True
+    return mask
+
+
 def chosen_rows(rows: int, count: int, seed: int, index: int) -> np.ndarray:
     """A seeded choice of `count` of `rows` positions, without repeats, as a mask over the positions."""
-    mask = np.zeros(rows, dtype=bool)
-    mask[np.random.default_rng([seed, index]).choice(rows, size=count, replace=False)] = True
-    return mask
+    return _mask(rows, np.random.default_rng([seed, index]).choice(rows, size=count, replace=False))
+
+
+def rows_reaching(tokens: np.ndarray, count: int, seed: int, index: int) -> np.ndarray:
+    """The fewest rows, in a seeded order of the rows that write tokens, whose `tokens` reach `count` (below their
+    sum), as a mask over the positions."""
+    order = np.random.default_rng([seed, index]).permutation(np.flatnonzero(tokens))
+    taken = int(np.searchsorted(np.cumsum(tokens[order]), count)) + 1
+    return _mask(len(tokens), order[:taken])
 
 
 # --- finding, counting and drawing -----------------------------------------------------------------------------------
@@ -121,43 +141,85 @@ def all_inputs(sources: Sequence[Source]) -> Inputs:
     return Inputs([p for s in sources for p in s.inputs.files], [p for s in sources for p in s.inputs.named])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PlannedSource:
-    """A source with its files' formats, the rows it holds and the rows to draw from it."""
+    """A source with its files' formats, the rows it holds and the rows to draw from it: `passes` whole passes, then
+    the rows of `part` (a mask over one pass) once more."""
 
     source: Source
     formats: dict[Path, str]
     rows: int
-    drawn: int
+    passes: int = 0
+    part: np.ndarray | None = None
+    token_share: int | None = None
+
+    @classmethod
+    def of_rows(cls, source: Source, formats: dict[Path, str], rows: int, drawn: int, seed: int) -> "PlannedSource":
+        """`drawn` rows: as many whole passes as fit, and a seeded choice of the rest."""
+        if drawn and not rows:
+            raise InputError(f"{source.name}: holds no rows, but {drawn} are to be drawn from it")
+        passes, rest = divmod(drawn, rows) if rows else (0, 0)
+        return cls(source, formats, rows, passes, chosen_rows(rows, rest, seed, source.index) if rest else None)
+
+    def of_tokens(self, tokens: np.ndarray, share: int, seed: int) -> "PlannedSource":
+        """`share` tokens, given the `tokens` each row of one pass writes: as many whole passes as fit, and the fewest
+        seeded rows that reach the rest."""
+        whole = int(tokens.sum())
+        if share and not whole:
+            raise InputError(f"{self.source.name}: writes no tokens ({self.rows} rows read, none written), but "
+                             f"{share} tokens are to be drawn from it")
+        passes, rest = divmod(share, whole) if whole else (0, 0)
+        part = rows_reaching(tokens, rest, seed, self.source.index) if rest else None
+        return dataclasses.replace(self, passes=passes, part=part, token_share=share)
+
+    @property
+    def drawn(self) -> int:
+        return self.passes * self.rows + (int(self.part.sum()) if self.part is not None else 0)
 
     def records(self) -> Iterator[tuple[RawRecord | RowError, str]]:
         """One pass over the source's records, each with its file's format."""
         return read_records(self.formats, self.source.spec)
 
 
-class Mixture:
-    """The planned draws of every source: the records to run, in order, and the manifest's `sources` list."""
+TokenCount = Callable[[Iterable[tuple[Drawn, str]]], Iterable[int]]
+"""The tokens each drawn record is written with (0 when the chain does not write it), in order."""
 
-    def __init__(self, planned: list[PlannedSource], seed: int):
-        self.planned, self.seed = planned, seed
+
+class Mixture:
+    """The planned draws of every source: the records to run, in order, and the manifest's `sources` list.
+    `token_shares`: the tokens asked of each source, while they still have to be counted (`counted`)."""
+
+    def __init__(self, planned: list[PlannedSource], seed: int, token_shares: list[int] | None = None):
+        self.planned, self.seed, self.token_shares = planned, seed, token_shares
 
     @classmethod
     def plan(cls, sources: Sequence[Source], config: MixtureConfig) -> "Mixture":
-        """Detect each file's format and count each source's rows (one pass over the inputs), then share out."""
+        """Detect each file's format and count each source's rows (one pass over the inputs), then share out rows;
+        tokens are shared out once counted (`counted`)."""
         counted = []
         for source in sources:
             formats = detect_formats(source.inputs.files, source.spec)
             rows = sum(1 for _ in read_records(formats, source.spec))
             counted.append((source, formats, rows))
         weights = [source.spec.weight for source in sources]
+        if config.total_tokens is not None:
+            return cls([PlannedSource(*entry) for entry in counted], config.seed,
+                       weighted_shares(config.total_tokens, weights))
         shares = weighted_shares(config.total_rows, weights) if config.total_rows is not None else [None] * len(sources)
-        planned = []
-        for (source, formats, rows), share in zip(counted, shares):
-            drawn = share if share is not None else rows_to_draw(source.spec, rows)
-            if drawn and not rows:
-                raise InputError(f"{source.name}: holds no rows, but {drawn} are to be drawn from it")
-            planned.append(PlannedSource(source, formats, rows, drawn))
-        return cls(planned, config.seed)
+        return cls([PlannedSource.of_rows(source, formats, rows,
+                                          share if share is not None else rows_to_draw(source.spec, rows), config.seed)
+                    for (source, formats, rows), share in zip(counted, shares)], config.seed)
+
+    def counted(self, count: TokenCount) -> "Mixture":
+        """The mixture with its token shares drawn, from `count` run on one pass of every source; a mixture of rows
+        as it is."""
+        if self.token_shares is None:
+            return self
+        first_passes = ((Drawn(item, p.source.index, 1), fmt) for p in self.planned for item, fmt in p.records())
+        tokens = np.fromiter(count(first_passes), dtype=np.int64, count=sum(p.rows for p in self.planned))
+        ends = np.cumsum([p.rows for p in self.planned])
+        return Mixture([p.of_tokens(own, share, self.seed) for p, own, share in
+                        zip(self.planned, np.split(tokens, ends[:-1]), self.token_shares)], self.seed)
 
     @property
     def formats(self) -> dict[Path, str]:
@@ -166,17 +228,17 @@ class Mixture:
 
     def records(self) -> Iterator[tuple[Drawn, str]]:
         """The drawn records with their file's format, source after source: whole passes, then the seeded part."""
+        if self.token_shares is not None:
+            raise ValueError("a mixture of tokens draws once its tokens are counted (Mixture.counted)")
         for p in self.planned:
             index = p.source.index
-            passes, rest = divmod(p.drawn, p.rows) if p.rows else (0, 0)
-            for draw in range(1, passes + 1):
+            for draw in range(1, p.passes + 1):
                 for item, fmt in p.records():
                     yield Drawn(item, index, draw), fmt
-            if rest:
-                mask = chosen_rows(p.rows, rest, self.seed, index)
+            if p.part is not None:
                 for position, (item, fmt) in enumerate(p.records()):
-                    if mask[position]:
-                        yield Drawn(item, index, passes + 1), fmt
+                    if p.part[position]:
+                        yield Drawn(item, index, p.passes + 1), fmt
 
     def entries(self, files: Mapping[str, Counter[str]]) -> list[SourceEntry]:
         """The manifest's `sources` list from the run's counts per input file (`Stats.files`)."""
@@ -185,8 +247,16 @@ class Mixture:
             counts = sum((files.get(str(path), Counter()) for path in p.formats), Counter())
             entries.append(SourceEntry(path=p.source.spec.path, read=p.rows, drawn=p.drawn, written=counts["written"],
                                        rejected=counts["rejected"], filtered=counts["filtered"],
-                                       tokens=counts["tokens"], trained_tokens=counts["trained_tokens"]))
+                                       tokens=counts["tokens"], trained_tokens=counts["trained_tokens"],
+                                       token_share=p.token_share))
         return entries
+
+
+def row_tokens(chain: Chain, batch: list[tuple[Drawn, str]]) -> list[int]:
+    """The tokens each record of `batch` is written with by `chain` (0 when rejected or filtered), in order: the
+    counting pass of a mixture of `total_tokens` (nothing is written)."""
+    written = {(row.conversation.source, row.conversation.row): len(row.input_ids) for row in chain(batch).items}
+    return [written.get((drawn.record.source, drawn.record.row), 0) for drawn, _ in batch]
 
 
 # --- the adapt step of a mixture -------------------------------------------------------------------------------------

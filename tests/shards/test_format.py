@@ -98,6 +98,8 @@ def test_a_manifest_of_sources_is_version_2_with_its_sources_list_and_dumps_it()
     manifest = Manifest.model_validate(data)
     assert manifest.sources[0].drawn == 6 and manifest.to_json() == data
     assert "sources" not in Manifest.model_validate(readme_manifest()).to_json()  # version 1 stays as it was
+    shared = {**data, "sources": [{**SOURCE, "token_share": 45}]}  # a mixture of tokens adds the tokens asked
+    assert Manifest.model_validate(shared).to_json() == shared
 
 
 @pytest.mark.parametrize("version, sources, message", [

@@ -90,6 +90,50 @@ def test_a_file_in_two_sources_and_an_empty_weighted_source_are_refused(tmp_path
         find_sources([MixtureSource(path=str(tmp_path / "missing.jsonl"))])
 
 
+def _token_plan(tmp_path: Path, tokens: list[list[int]], total_tokens: int, **mixture) -> Mixture:
+    """A plan of `total_tokens` over one source per list of `tokens`, each row writing the tokens given (a stand-in for
+    the counting pass, which runs the chain)."""
+    specs = [MixtureSource(path=str(_jsonl(tmp_path / f"s{k}.jsonl", [_chat(r) for r in range(len(rows))])), weight=1)
+             for k, rows in enumerate(tokens)]
+    plan = Mixture.plan(find_sources(specs), MixtureConfig(total_tokens=total_tokens, **mixture))
+
+    def count(items):
+        return (tokens[drawn.source][drawn.record.row - 1] for drawn, _ in items)
+
+    return plan.counted(count)
+
+
+def test_a_token_share_is_whole_passes_and_the_fewest_seeded_rows_that_reach_the_rest(tmp_path):
+    tokens = [[5, 0, 7, 3, 9], [4, 4, 4]]  # 24 and 12 tokens; the second row of the first source is not written
+    plan = _token_plan(tmp_path, tokens, total_tokens=100)  # 50 tokens each: 2 passes + 2, and 4 passes + 2
+    for source, share in enumerate([50, 50]):
+        draws = [(drawn.record.row, drawn.draw) for drawn, _ in plan.records() if drawn.source == source]
+        rows = tokens[source]
+        passes = share // sum(rows)
+        assert Counter(d for _, d in draws if d <= passes) == {d: len(rows) for d in range(1, passes + 1)}
+        part = [row for row, draw in draws if draw == passes + 1]
+        assert part == sorted(part) and all(rows[row - 1] for row in part)  # file order; no row of 0 tokens
+        written = passes * sum(rows) + sum(rows[row - 1] for row in part)
+        assert written >= share and written - max(rows[row - 1] for row in part) < share  # less than one row over
+        assert plan.planned[source].drawn == len(draws)
+    assert _token_plan(tmp_path, tokens, total_tokens=100).planned[0].part.tolist() == plan.planned[0].part.tolist()
+    exact = _token_plan(tmp_path, tokens, total_tokens=48)  # 24 each: exactly one pass of the first source
+    assert [p.drawn for p in exact.planned] == [5, 6]
+
+
+def test_a_source_that_writes_no_tokens_cannot_give_its_token_share(tmp_path):
+    with pytest.raises(InputError, match=r"sources.1 \(.*s1.jsonl\): writes no tokens \(2 rows read, none written\), "
+                                         r"but 5 tokens are to be drawn from it"):
+        _token_plan(tmp_path, [[3, 4], [0, 0]], total_tokens=10)
+    good, bad = _jsonl(tmp_path / "good.jsonl", [_chat(0)]), _jsonl(tmp_path / "bad.jsonl", ["{broken", "{}"])
+    config = load_config(None, {"render.tokenizer": str(DEMO_TOKENIZER), "mixture": {"total_tokens": 100},
+                                "sources": [{"path": str(good), "weight": 1},
+                                            {"path": str(bad), "format": "openai", "weight": 1}]})
+    with pytest.raises(InputError, match=r"sources.1 \(.*bad.jsonl\): writes no tokens \(2 rows read, none written\)"):
+        preprocess(config, tmp_path / "out")  # its rows are rejected by the run's own chain
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
 # --- the config ------------------------------------------------------------------------------------------------------
 def test_a_config_of_inputs_dumps_as_before():
     dumped = PreprocessConfig.model_validate({"inputs": ["a.jsonl"]}).model_dump(mode="json")
@@ -102,6 +146,11 @@ def test_a_config_of_inputs_dumps_as_before():
     ({"sources": [{"path": "a", "weight": 1}]}, "weighted sources need mixture.total_rows"),
     ({"sources": [{"path": "a", "weight": 1}, {"path": "b"}], "mixture": {"total_rows": 5}}, "give every source a weight"),
     ({"sources": [{"path": "a"}], "mixture": {"total_rows": 5}}, "mixture.total_rows: is shared out by weight"),
+    ({"sources": [{"path": "a"}], "mixture": {"total_tokens": 5}}, "mixture.total_tokens: is shared out by weight"),
+    ({"sources": [{"path": "a", "weight": 1}], "mixture": {"total_rows": 5, "total_tokens": 5}},
+     "mixture: give total_rows or total_tokens, not both"),
+    ({"sources": [{"path": "a", "weight": 1}], "mixture": {"total_tokens": 0}},
+     "mixture.total_tokens: Input should be greater than or equal to 1"),
     ({"inputs": ["a"], "mixture": {"seed": 1}}, "mixture: only used with sources"),
     ({"sources": [{"path": "a", "epochs": 0}]}, "sources.0.epochs: Input should be greater than 0"),
     ({"sources": [{"path": "a", "format": "glm", "csv_messages_column": "m"}]}, "csv_messages_column: only used"),
@@ -180,8 +229,9 @@ def test_every_draw_of_a_record_goes_to_the_same_split(tmp_path):
     assert {"train", "eval"} == set().union(*split_of.values())
 
 
-def test_the_same_shards_for_one_and_two_workers(tmp_path):
-    config = _mixture_config(tmp_path)
+@pytest.mark.parametrize("mixture", [{"total_rows": 20}, {"total_tokens": 400}])
+def test_the_same_shards_for_one_and_two_workers(tmp_path, mixture):
+    config = _mixture_config(tmp_path, mixture=mixture)
     one, two = tmp_path / "one", tmp_path / "two"
     preprocess(config, one)
     preprocess(config.model_copy(update={"output": config.output.model_copy(update={"workers": 2})}), two)
@@ -227,3 +277,43 @@ def test_default_system_replaces_the_template_default_of_qwen(tmp_path):
     mixed_without, mixed_own = texts(out)
     assert injected not in mixed_without and "<|im_start|>system\nYou are terse.<|im_end|>" in mixed_without
     assert mixed_own == own and "You are terse." not in mixed_own  # a conversation's own system message is kept
+
+
+def _written_tokens(out: Path) -> dict[str, list[tuple[int, int]]]:
+    """Per source file, straight from the shards: (draw, tokens) of every row written."""
+    written: dict[str, list[tuple[int, int]]] = {}
+    shards = open_shards(out)
+    for name in shards.split_names:
+        table = shards.split(name).table
+        for ids, source, sample_id in zip(*(table.column(c).to_pylist() for c in ("input_ids", "source", "id"))):
+            draw = int(sample_id.rpartition("#")[2]) if "#" in sample_id else 1
+            written.setdefault(Path(source).name, []).append((draw, len(ids)))
+    return written
+
+
+def test_a_token_mixture_writes_the_fewest_rows_that_reach_each_share(tmp_path):
+    out = tmp_path / "out"
+    manifest = preprocess(_mixture_config(tmp_path, mixture={"total_tokens": 400, "seed": 3}), out)
+    written = _written_tokens(out)
+    for entry, name, share in zip(manifest["sources"], ["qa.csv", "sg.jsonl"], [120, 280]):  # 0.3 and 0.7 of 400
+        rows = written[name]
+        tokens = sum(t for _, t in rows)
+        last = max(d for d, _ in rows)
+        assert tokens >= share and tokens - max(t for d, t in rows if d == last) < share  # less than one row over
+        assert entry["tokens"] == tokens and entry["drawn"] == entry["written"] + entry["rejected"] + entry["filtered"]
+        assert entry["token_share"] == share
+        assert last > 1  # the small sources are read more than once
+    assert manifest["sources"][1]["rejected"] == max(d for d, _ in written["sg.jsonl"]) - 1  # the bad line, per pass
+    assert {r.name: r.status for r in run_checks(out).results}["accounting"] == "pass"
+    manifest_path = out / "manifest.json"
+    edited = json.loads(manifest_path.read_text())
+    edited["sources"][0]["token_share"] = edited["sources"][0]["tokens"] + 1
+    manifest_path.write_text(json.dumps(edited))
+    accounting = {r.name: r for r in run_checks(out).results}["accounting"]
+    assert accounting.status == "fail" and "qa.csv: tokens " in accounting.detail and "below its token_share" in \
+        accounting.detail
+
+
+def test_a_mixture_of_rows_has_no_token_share(tmp_path):
+    manifest = preprocess(_mixture_config(tmp_path), tmp_path / "out")
+    assert all("token_share" not in entry for entry in manifest["sources"])
