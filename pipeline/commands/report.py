@@ -144,15 +144,19 @@ def _trained_section(report: CheckReport) -> str:
 
 def _sources_section(report: CheckReport) -> str:
     """One row per entry of the config's `sources`: rows held, drawn, and what became of them; tokens written."""
-    head = "".join(f"<th>{name}</th>" for name in ("source", "read", "drawn", "written", "rejected", "filtered",
-                                                    "tokens", "trained tokens"))
+    sources = report.output.manifest.sources
+    of_tokens = any(s.token_share is not None for s in sources)
+    names = ("source", "read", "drawn", "written", "rejected", "filtered", *(("token share",) if of_tokens else ()),
+             "tokens", "trained tokens")
+    head = "".join(f"<th>{name}</th>" for name in names)
     rows = "".join(
         f"<tr><td>{escape(s.path)}</td>" + "".join(f"<td class='num'>{n}</td>" for n in (
-            s.read, s.drawn, s.written, s.rejected, s.filtered, s.tokens))
+            s.read, s.drawn, s.written, s.rejected, s.filtered, *((s.token_share,) if of_tokens else ()), s.tokens))
         + f"<td class='num'>{s.trained_tokens} ({s.trained_tokens / s.tokens if s.tokens else 0:.1%})</td></tr>"
-        for s in report.output.manifest.sources)
+        for s in sources)
+    share = "; token share: the tokens a mixture of total_tokens asked of the source" if of_tokens else ""
     return ("<p class='muted'>read: rows the source holds; drawn: rows the mixture took (repeats included) = written "
-            f"+ rejected + filtered</p><table><tr>{head}</tr>{rows}</table>")
+            f"+ rejected + filtered{share}</p><table><tr>{head}</tr>{rows}</table>")
 
 
 def _rejects_section(report: CheckReport) -> str:

@@ -76,3 +76,21 @@ def test_an_output_of_sources_gets_a_table_per_source_and_one_of_inputs_none(rep
     table = html[html.index("<h2>Sources</h2>"):html.index("<h2>Rejects")]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", table)
     assert cells[0].endswith("a.jsonl") and cells[1:6] == ["4", "8", "8", "0", "0"]  # read, drawn, written, ...
+
+
+def test_a_mixture_of_tokens_shows_each_sources_token_share(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"messages": [
+            {"role": "user", "content": f"Q{k}"}, {"role": "assistant", "content": f"A{k} " * k}]}) + "\n"
+            for k in range(6)))
+    config = load_config(None, {"sources": [{"path": str(tmp_path / "a.jsonl"), "weight": 1},
+                                            {"path": str(tmp_path / "b.jsonl"), "weight": 3}],
+                                "mixture": {"total_tokens": 200}, "render.tokenizer": str(DEMO_TOKENIZER)})
+    manifest = preprocess(config, tmp_path / "out")
+    html = render_report(run_checks(tmp_path / "out"))
+    table = html[html.index("<h2>Sources</h2>"):html.index("<h2>Rejects")]
+    assert "<th>token share</th>" in table
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", table)
+    for row, source in zip((cells[:9], cells[9:]), manifest["sources"]):
+        assert row[6:8] == [str(source["token_share"]), str(source["tokens"])]
+    assert [s["token_share"] for s in manifest["sources"]] == [50, 150]
