@@ -331,6 +331,39 @@ def show_command(directory, index, row_id, split, ids, color) -> None:
     click.echo(show(directory, split=split, index=index, row_id=row_id, highlight=highlight, ids=ids), color=color)
 
 
+# --- export --------------------------------------------------------------------------------------------------------
+_EXPORT_HELP = """Copy a preprocess output into the layout one trainer loads as it is: the columns its collator
+accepts and the split names its loader reads (trl: input_ids, labels, splits train/eval; llamafactory: input_ids,
+attention_mask, labels, splits train/validation; axolotl: the same columns, splits train/test; hf: the same columns,
+splits train/validation). The tokenizer is copied beside them. The README gives each trainer's recipe.
+
+\b
+DIR: the --out directory of `preprocess`; it is only read. --out must be new, empty or an earlier export, apart
+from DIR. Exit status: 0 done, 1 the copy failed midway, 2 DIR is not a valid output or --out cannot be used.
+
+\b
+Examples:
+  python -m pipeline export out/shards --for trl --out out/trl
+  python -m pipeline export out/shards --for llamafactory --out out/llamafactory
+  python -m pipeline export out/shards --for axolotl --out out/axolotl
+"""
+
+
+@main.command("export", help=_EXPORT_HELP)
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--for", "consumer", required=True, type=click.Choice(["trl", "llamafactory", "axolotl", "hf"]),
+              help="The trainer whose layout to write.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@_exit_codes()
+def export_command(directory, consumer, out) -> None:
+    from pipeline.commands.export import export
+
+    info = export(directory, consumer, out)
+    for name, split in info["splits"].items():
+        click.echo(f"  {name} (from {split['from']}): {split['rows']} rows, {split['tokens']} tokens")
+    click.echo(f"wrote {out} for {consumer}: columns {', '.join(info['columns'])}")
+
+
 # --- train ---------------------------------------------------------------------------------------------------------
 _TRAIN_EXAMPLES = """Train a causal LM on the shards written by `preprocess` (reads only the shards: no tokenizer, no
 template). Flags override the YAML config; every flag has a config key of the same name with '_' for '-'.

@@ -27,17 +27,27 @@ FEATURES = {
     "source": {"dtype": "string", "_type": "Value"},
     "row": {"dtype": "int64", "_type": "Value"},
 }  # the `datasets` features, so `datasets.load_from_disk` opens the shards as they are
-SCHEMA = pa.schema(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("length", pa.int32()),
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("row", pa.int64()),
-    ],
-    metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})},
-)
+ARROW_TYPES = {
+    "input_ids": pa.list_(pa.int32()),
+    "labels": pa.list_(pa.int32()),
+    "length": pa.int32(),
+    "id": pa.string(),
+    "source": pa.string(),
+    "row": pa.int64(),
+}
+ATTENTION_MASK = "attention_mask"  # not stored: all ones over a row's tokens, derived by `export` for trainers that want it
+DERIVED_FEATURES = {ATTENTION_MASK: {"feature": {"dtype": "int8", "_type": "Value"}, "_type": "List"}}
+DERIVED_TYPES = {ATTENTION_MASK: pa.list_(pa.int8())}  # int8, as `datasets` stores a tokenizer's attention_mask
+
+
+def schema_of(columns: tuple[str, ...]) -> pa.Schema:
+    """The Arrow schema, with its `datasets` feature metadata, of files holding `columns` (stored or derived)."""
+    types, features = {**ARROW_TYPES, **DERIVED_TYPES}, {**FEATURES, **DERIVED_FEATURES}
+    return pa.schema([(c, types[c]) for c in columns],
+                     metadata={"huggingface": json.dumps({"info": {"features": {c: features[c] for c in columns}}})})
+
+
+SCHEMA = schema_of(tuple(FEATURES))
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0)]
