@@ -227,6 +227,7 @@ def _scan_batch(scan: Scan, batch: pa.RecordBatch, *, split: str, first: int, fi
     offsets, ids = row_arrays(batch.column("input_ids"))
     label_offsets, labels = row_arrays(batch.column("labels"))
     row_ids = batch.column("id").to_pylist()
+    sources, rows = batch.column("source"), batch.column("row")
     names = [f"{split}[{first + k}] {row_ids[k]}" for k in range(batch.num_rows)]
     lengths = np.diff(offsets)
     scan.lengths.append(lengths)
@@ -262,7 +263,8 @@ def _scan_batch(scan: Scan, batch: pa.RecordBatch, *, split: str, first: int, fi
             if not round_trips(output.tokenizer, row_ids_k, tolerance=config.cut_tail_tokens if cut else 0):
                 scan.round_trip_failed.add([names[k]])
         if len(scan.samples) < config.report_samples and (first_global + k) % strides[1] == 0:
-            scan.samples.append(RowSample(split, first + k, row_ids[k], row_ids_k, row_labels_k))
+            scan.samples.append(RowSample(split, first + k, row_ids[k], sources[k].as_py(), rows[k].as_py(), row_ids_k,
+                                          row_labels_k))
 
 
 def _scan_runs(scan: Scan, ids, trained, offsets, row_of, special, names) -> None:

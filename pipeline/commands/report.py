@@ -5,6 +5,7 @@ tokenizer has no role tokens), what was rejected or dropped and why, and a few s
 """
 from __future__ import annotations
 
+import itertools
 import json
 from html import escape
 from pathlib import Path
@@ -97,7 +98,7 @@ def histogram_svg(values: np.ndarray, *, limit: int | None = None, bins: int = 4
         h = plot_h * count / peak
         parts.append(f"<rect x='{x(lo):.1f}' y='{bottom - h:.1f}' width='{max(x(hi) - x(lo) - 1, 1):.1f}' "
                      f"height='{h:.1f}' fill='#54aeff'><title>{int(lo)}-{int(hi)} tokens: {count} rows</title></rect>")
-    for tick in np.linspace(0, top, 6):
+    for tick in round_ticks(top):
         parts.append(f"<text x='{x(tick):.1f}' y='{bottom + 16}' text-anchor='middle'>{int(tick)}</text>")
     for tick in (0, peak // 2, peak):
         y = bottom - plot_h * tick / peak
@@ -110,6 +111,13 @@ def histogram_svg(values: np.ndarray, *, limit: int | None = None, bins: int = 4
     if note:
         parts.append(f"<text x='{left + plot_w}' y='{bottom - plot_h + 10}' text-anchor='end' fill='#cf222e'>{note}</text>")
     return "".join(parts) + "</svg>"
+
+
+def round_ticks(top: float, *, most: int = 8) -> list[int]:
+    """Ticks from 0 to at most `top`, at multiples of the smallest step of 1, 2 or 5 times a power of ten that
+    gives no more than `most` of them: 0, 500, 1000, ..., not 0, 409.6, 819.2."""
+    step = next(m * 10**e for e in itertools.count() for m in (1, 2, 5) if top // (m * 10**e) + 1 <= most)
+    return list(range(0, int(top) + 1, step))
 
 
 def share_bars_svg(items: list[tuple[str, int, int]], *, width: int = 1000) -> str:
@@ -191,7 +199,8 @@ def _samples_section(report: CheckReport) -> str:
     html = ["<p class='muted'><span class='t'>green</span> = trained (label = token), "
             "<span class='sp'>purple</span> = special token; hover a token for its id and label</p>"]
     for sample in report.scan.samples:
-        html.append(f"<h3>{escape(sample.split)}[{sample.index}] <span class='muted'>{escape(sample.id)}</span></h3>")
+        html.append(f"<h3>{escape(sample.split)}[{sample.index}] <span class='muted'>{escape(sample.id)} from "
+                    f"{escape(sample.origin)}</span></h3>")
         html.append(f"<div class='sample'>{sample_html(tokenizer, sample, special=special)}</div>")
     return "\n".join(html)
 
