@@ -12,6 +12,7 @@ from pydantic_core import PydanticUndefined
 
 from pipeline import __version__
 from schemas.config import PreprocessConfig
+from schemas.consumers import Consumer
 from schemas.train_config import TrainConfig
 
 
@@ -252,7 +253,8 @@ def format_summary(manifest: dict, out: Path) -> str:
         lines.append(f"  {split}: {info['rows']} rows, {info['tokens']} tokens, {share:.1%} trained, {len(info['shards'])} shard(s)")
     for kind in ("rejected_reasons", "filtered_reasons", "notes"):
         for reason, count in acc[kind].items():
-            lines.append(f"  {kind.split('_')[0]}: {reason}: {count}")
+            tokens = acc["note_tokens"].get(reason) if kind == "notes" else None
+            lines.append(f"  {kind.split('_')[0]}: {reason}: {count}" + (f" ({tokens} tokens)" if tokens else ""))
     lines.append(f"wrote {out} (rejects: {out / 'rejects.jsonl'})")
     return "\n".join(lines)
 
@@ -351,7 +353,7 @@ Examples:
 
 @main.command("export", help=_EXPORT_HELP)
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
-@click.option("--for", "consumer", required=True, type=click.Choice(["trl", "llamafactory", "axolotl", "hf"]),
+@click.option("--for", "consumer", required=True, type=click.Choice(get_args(Consumer)),
               help="The trainer whose layout to write.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @_exit_codes()

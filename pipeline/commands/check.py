@@ -479,6 +479,23 @@ def check_checksums(output: Output, scan: Scan, config: CheckConfig) -> CheckRes
     return _result("checksums", not problems, f"{len(files) - len(differ)}/{len(files)} match", "all match", detail)
 
 
+def check_injected_text(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
+    acc, injects = output.manifest.accounting, output.manifest.chat_template.injects
+    rows, tokens = acc.notes.get("injected_text", 0), acc.note_tokens.get("injected_text", 0)
+    rate = _rate(rows, acc.written)
+    detail = f"{rows} of {acc.written} written rows hold {tokens} tokens of text the chat template added, not the data"
+    if injects:
+        detail += f"; to a one-turn conversation it adds {_shorten(injects)!r}"
+    if rows:
+        detail += "; give those rows a system message, use another template, or raise max_injected_text_rate"
+    return _result("injected_text", rate <= config.max_injected_text_rate, round(rate, 6),
+                   f"<= {config.max_injected_text_rate}", detail)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 CHECKS = {
     "accounting": check_accounting,
     "reject_rate": check_reject_rate,
@@ -491,6 +508,7 @@ CHECKS = {
     "end_of_turn": check_end_of_turn,
     "decode_round_trip": check_decode_round_trip,
     "checksums": check_checksums,
+    "injected_text": check_injected_text,
 }
 
 

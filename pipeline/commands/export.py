@@ -32,6 +32,7 @@ from pipeline.shards.format import ATTENTION_MASK, IGNORE_INDEX, MANIFEST, Shard
 from pipeline.shards.reader import Shards, iter_batches, open_shards, row_arrays
 from pipeline.shards.writer import (SampleTable, ShardWriter, finalize_split, sha256_file, split_files,
                                     write_dataset_dict)
+from schemas.consumers import Consumer
 
 EXPORT_INFO = "export.json"
 WORK_DIR = ".work"
@@ -48,7 +49,7 @@ class Layout:
 
 
 TRAINER_COLUMNS = ("input_ids", ATTENTION_MASK, "labels")
-LAYOUTS = {
+LAYOUTS: dict[Consumer, Layout] = {
     "trl": Layout(("input_ids", "labels"), {"train": "train", "eval": "eval"}),
     "llamafactory": Layout(TRAINER_COLUMNS, {"train": "train", "eval": "validation"}),
     "axolotl": Layout(TRAINER_COLUMNS, {"train": "train", "eval": "test"}),
@@ -56,7 +57,7 @@ LAYOUTS = {
 }
 
 
-def export(directory: Path | str, consumer: str, out: Path | str) -> dict[str, Any]:
+def export(directory: Path | str, consumer: Consumer, out: Path | str) -> dict[str, Any]:
     """Write the copy of the shards in `directory` that `consumer` loads into `out`; returns what `export.json`
     says. `InputError` for shards that are not valid or whose files differ from the manifest, `OutputError` for an
     `out` that may not be written."""
@@ -77,7 +78,8 @@ def export(directory: Path | str, consumer: str, out: Path | str) -> dict[str, A
     for split, name in zip(shards.split_names, names):
         files = shards.files(split)
         owned.record(*(f"{name}/{file}" for file in split_files(len(files))))
-        written = [_copy_file(path, work / f"{name}-{k:05d}.arrow", layout.columns) for k, (path, _) in enumerate(files)]
+        written = [_copy_file(path, work / f"{name}-{k:05d}.arrow", layout.columns)
+                   for k, (path, _) in enumerate(files)]
         splits[name] = SplitInfo.of(finalize_split(out / name, written, features))
     write_dataset_dict(out, names)
     shutil.copytree(shards.tokenizer_dir, owned.scratch(f"{WORK_DIR}/{TOKENIZER}", fresh=True), dirs_exist_ok=True)

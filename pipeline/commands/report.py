@@ -43,6 +43,7 @@ def render_report(report: CheckReport) -> str:
         f"<p class='muted'>{escape(report.directory)} &middot; tool {escape(manifest.tool.version)}"
         f" &middot; preset {escape(report.output.preset)} &middot; limit {report.output.limit}</p>",
         "<h2>Checks</h2>", _check_table(report),
+        "<h2>Text the chat template added</h2>", _injected_section(report),
         "<h2>Length distribution</h2>", _length_section(report),
         "<h2>Trained share</h2>", _trained_section(report),
         "<h2>Rejects and drops</h2>", _rejects_section(report),
@@ -65,6 +66,21 @@ def _check_table(report: CheckReport) -> str:
         for r in report.results
     )
     return f"<table><tr><th>check</th><th>status</th><th>value</th><th>threshold</th><th>detail</th></tr>{rows}</table>"
+
+
+def _injected_section(report: CheckReport) -> str:
+    """Rows whose rendering holds text that is neither the data nor the template's markup (see
+    `pipeline/stages/injected.py`): the model trains with it and will expect it at inference."""
+    manifest = report.output.manifest
+    rows = manifest.accounting.notes.get("injected_text", 0)
+    tokens = manifest.accounting.note_tokens.get("injected_text", 0)
+    injects = manifest.chat_template.injects
+    html = (f"<p>{rows} of {manifest.accounting.written} written rows hold {tokens} tokens of text that the chat "
+            "template wrote and the data does not hold (a default system prompt, a date line).</p>")
+    if injects:
+        html += (f"<p class='muted'>To a conversation of one user turn and one reply it adds:</p>"
+                 f"<div class='sample'>{escape(injects)}</div>")
+    return html
 
 
 def _length_section(report: CheckReport) -> str:

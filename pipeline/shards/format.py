@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 
 IGNORE_INDEX = -100  # labels that are not trained (the Hugging Face / PyTorch cross-entropy convention)
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1  # what this version writes
-READABLE_VERSIONS = (1,)  # what this version reads
+MANIFEST_VERSION = 2  # what this version writes
+READABLE_VERSIONS = (2,)  # what this version reads
 
 FEATURES = {
     "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
@@ -96,6 +96,7 @@ class Accounting(_Entry):
     rejected_reasons: dict[str, NonNegativeInt]
     filtered_reasons: dict[str, NonNegativeInt]
     notes: dict[str, NonNegativeInt]
+    note_tokens: dict[str, NonNegativeInt]  # per note: the tokens of the written rows it concerns (injected_text)
     balanced: bool
 
 
@@ -126,6 +127,7 @@ class ChatTemplateInfo(_Entry):
     source: str  # "tokenizer", a built-in name or a file
     sha256: Sha256
     tool_role: str | None
+    injects: str  # the text it adds to a conversation of one user turn and one reply ("" when none)
 
 
 class EncoderInfo(_Entry):

@@ -60,7 +60,7 @@ def test_row_arrays_rebase_sliced_batches_and_accept_empty_ones(out):
     (lambda out: (out / MANIFEST).unlink(), "is not a preprocess output: no manifest.json"),
     (lambda out: (out / MANIFEST).write_text("{not json"), "manifest.json is not a valid manifest: unreadable"),
     (lambda out: (out / MANIFEST).write_text("[1]"), "manifest.json is not a valid manifest: it must be a JSON object"),
-    (lambda out: edit_manifest(out, lambda m: m.update(version=2)), "version 2 is not one this chatshard reads"),
+    (lambda out: edit_manifest(out, lambda m: m.update(version=1)), "version 1 is not one this chatshard reads"),
     (lambda out: edit_manifest(out, lambda m: m["splits"]["train"]["shards"][1].update(rows="3")),
      "manifest.json is not a valid manifest: splits.train.shards.1.rows: Input should be a valid integer"),
     (lambda out: edit_manifest(out, lambda m: m.update(mixture={})), "mixture: unknown key"),
