@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.encoders.choose import make_encoder
 from pipeline.stages.adapt import Adapt
 from pipeline.stages.content import ContentCheck
-from pipeline.stages.injected import InjectedText, NoteInjectedText
+from pipeline.stages.injected import InjectedText, NoteInjectedText, template_tokens
 from pipeline.stages.mask import AppendEos, ChooseTrained, Label, Mask
 from pipeline.stages.presets import Glm4Preset, TrlCompletionMask
 from pipeline.stages.render import Render, Renderer, renderer_args, template_name
@@ -49,7 +49,7 @@ class Toolkit:
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
         encode, reason = make_encoder(tokenizer, config.render.encoder, threads)
         renderer = Renderer(template, **renderer_args(tokenizer), limits=RenderLimits.of(config.render))
-        injected = InjectedText(renderer, (token.content for token in tokenizer.added_tokens_decoder.values()))
+        injected = InjectedText(renderer, template_tokens(tokenizer, template))
         return cls(tokenizer, template, encode, reason, renderer, injected)
 
 
