@@ -1,7 +1,7 @@
 """The preprocess chain: the steps a config asks for, in flow order, built once with what they need.
 
     adapt → content → choose_trained → render → tokenize → mask | trl_completion_only | glm4
-          → [append_eos] → [drop_oldest_turns] → truncate → split
+          → [append_eos] → [drop_oldest_turns] → truncate → injected_text → split
 
 Any engine runs it the same way: build a `Toolkit` and the chain once per process, then call the chain on batches
 of `(record, format)` pairs from `pipeline.stages.ingest.read_records` (or, for a config of `sources`, of
@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.encoders.choose import make_encoder
 from pipeline.stages.adapt import Adapt
 from pipeline.stages.content import ContentCheck
+from pipeline.stages.injected import InjectedText, NoteInjectedText, template_tokens
 from pipeline.stages.mask import AppendEos, ChooseTrained, Label, Mask
 from pipeline.stages.mixture import DrawnAdapt
 from pipeline.stages.presets import Glm4Preset, TrlCompletionMask
@@ -33,13 +34,15 @@ from schemas.config import PreprocessConfig
 @dataclass(frozen=True)
 class Toolkit:
     """What the steps are built with, loaded once per process: the tokenizer, its chat template, the proven
-    encoder (and why it was chosen) and the renderer. The manifest records them too."""
+    encoder (and why it was chosen), the renderer and what finds the text its template injects. The manifest
+    records them too."""
 
     tokenizer: Any
     template: str
     encode: Encoder
     encoder_reason: str
     renderer: Renderer
+    injected: InjectedText
 
     @classmethod
     def load(cls, config: PreprocessConfig) -> "Toolkit":
@@ -48,7 +51,8 @@ class Toolkit:
         threads = max(1, (os.cpu_count() or 1) // config.output.workers)  # workers share the cores
         encode, reason = make_encoder(tokenizer, config.render.encoder, threads)
         renderer = Renderer(template, **renderer_args(tokenizer), limits=RenderLimits.of(config.render))
-        return cls(tokenizer, template, encode, reason, renderer)
+        injected = InjectedText(renderer, template_tokens(tokenizer, template))
+        return cls(tokenizer, template, encode, reason, renderer, injected)
 
 
 def build_chain(config: PreprocessConfig, toolkit: Toolkit) -> Chain:
@@ -76,5 +80,6 @@ def build_chain(config: PreprocessConfig, toolkit: Toolkit) -> Chain:
             steps.append(DropOldestTurns(choose=choose, renderer=toolkit.renderer, encode=toolkit.encode,
                                          label=label, limit=limit))
     steps += [Truncate(limit=limit, strategy=truncation.strategy),
+              NoteInjectedText(toolkit.injected),
               Split(eval_fraction=config.output.eval_split, seed=config.output.seed)]
     return Chain(steps)

@@ -12,6 +12,7 @@ from pydantic_core import PydanticUndefined
 
 from pipeline import __version__
 from schemas.config import PreprocessConfig
+from schemas.consumers import Consumer
 from schemas.train_config import TrainConfig
 
 
@@ -267,7 +268,8 @@ def format_summary(manifest: dict, out: Path | str) -> str:
         lines.append(f"  {split}: {info['rows']} rows, {info['tokens']} tokens, {share:.1%} trained, {len(info['shards'])} shard(s)")
     for kind in ("rejected_reasons", "filtered_reasons", "notes"):
         for reason, count in acc[kind].items():
-            lines.append(f"  {kind.split('_')[0]}: {reason}: {count}")
+            tokens = acc["note_tokens"].get(reason) if kind == "notes" else None
+            lines.append(f"  {kind.split('_')[0]}: {reason}: {count}" + (f" ({tokens} tokens)" if tokens else ""))
     for source in manifest.get("sources", []):
         lines.append(f"  source {source['path']}: drew {source['drawn']} of its {source['read']} rows: written "
                      f"{source['written']}, rejected {source['rejected']}, filtered {source['filtered']}")
@@ -389,6 +391,39 @@ def diff_command(ctx, old, new, as_json, max_changed_rows, max_changed_trained_t
                          max_changed_trained_tokens=max_changed_trained_tokens)
     click.echo(json_.dumps(report.to_json(), ensure_ascii=False) if as_json else report.to_markdown())
     ctx.exit(0 if report.passed else 1)
+
+
+# --- export --------------------------------------------------------------------------------------------------------
+_EXPORT_HELP = """Copy a preprocess output into the layout one trainer loads as it is: the columns its collator
+accepts and the split names its loader reads (trl: input_ids, labels, splits train/eval; llamafactory: input_ids,
+attention_mask, labels, splits train/validation; axolotl: the same columns, splits train/test; hf: the same columns,
+splits train/validation). The tokenizer is copied beside them. The README gives each trainer's recipe.
+
+\b
+DIR: the --out directory of `preprocess`; it is only read. --out must be new, empty or an earlier export, apart
+from DIR. Exit status: 0 done, 1 the copy failed midway, 2 DIR is not a valid output or --out cannot be used.
+
+\b
+Examples:
+  python -m pipeline export out/shards --for trl --out out/trl
+  python -m pipeline export out/shards --for llamafactory --out out/llamafactory
+  python -m pipeline export out/shards --for axolotl --out out/axolotl
+"""
+
+
+@main.command("export", help=_EXPORT_HELP)
+@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--for", "consumer", required=True, type=click.Choice(get_args(Consumer)),
+              help="The trainer whose layout to write.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@_exit_codes()
+def export_command(directory, consumer, out) -> None:
+    from pipeline.commands.export import export
+
+    info = export(directory, consumer, out)
+    for name, split in info["splits"].items():
+        click.echo(f"  {name} (from {split['from']}): {split['rows']} rows, {split['tokens']} tokens")
+    click.echo(f"wrote {out} for {consumer}: columns {', '.join(info['columns'])}")
 
 
 # --- train ---------------------------------------------------------------------------------------------------------

@@ -75,6 +75,8 @@ class Reason(StrEnum):
                            "that is not a control token (tokenized as one id)")
     RESERVED_CHARACTER = ("reserved_character", Kind.REJECTED, "a string the template is given holds a character "
                           "the pipeline reserves (U+F0000-U+F0002)")
+    INJECTED_TEXT = ("injected_text", Kind.NOTED, "the chat template wrote text the data does not hold (a default "
+                     "system prompt, a date line, tool instructions)")
     TEMPLATE_ERROR = ("template_error", Kind.REJECTED, "the chat template refused the row, changed trained text or "
                       "went over a rendering limit")
     # presets

@@ -25,7 +25,6 @@ from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.shards.format import (
     MANIFEST,
     MANIFEST_VERSION,
-    SOURCES_MANIFEST_VERSION,
     InputFile,
     Manifest,
     ShardInfo,
@@ -134,7 +133,7 @@ def _fingerprint(data: Any) -> str:
 def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, stats, shards,
               sources: list[SourceEntry] | None) -> dict[str, Any]:
     """Move everything into place; the manifest goes last, so a directory with one is complete. `sources`: the
-    per-source counts of a run of `sources` (the manifest is then of the version that has them)."""
+    per-source counts of a run of `sources` (only such a run's manifest has them)."""
     out = owned.root
     owned.remove(MANIFEST)
     for split in SPLITS:
@@ -151,7 +150,7 @@ def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, 
     save_tokenizer(toolkit.tokenizer, toolkit.template, owned.scratch(".tokenizer.tmp", fresh=True))
     owned.replace_dir(".tokenizer.tmp", "tokenizer")
     manifest = Manifest(
-        version=MANIFEST_VERSION if sources is None else SOURCES_MANIFEST_VERSION,
+        version=MANIFEST_VERSION,
         tool={"name": "chatshard", "version": __version__},
         config=config.model_dump(mode="json"),
         inputs=inputs,
@@ -160,6 +159,7 @@ def _finalize(owned: OwnedDir, work, config, toolkit: Toolkit, inputs, summary, 
             "source": config.render.chat_template or "tokenizer",
             "sha256": summary["chat_template_sha256"],
             "tool_role": toolkit.renderer.traits.tool_role,
+            "injects": toolkit.injected.probe,
         },
         encoder={"name": toolkit.encode.name, "reason": toolkit.encoder_reason},
         splits=splits,

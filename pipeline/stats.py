@@ -19,6 +19,7 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     filtered: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)
+    note_tokens: Counter[str] = field(default_factory=Counter)  # per note, the tokens of the written rows it concerns
     steps: dict[str, Counter[str]] = field(default_factory=dict)
     files: dict[str, Counter[str]] = field(default_factory=dict)
 
@@ -28,6 +29,7 @@ class Stats:
         self.rejected.update(other.rejected)
         self.filtered.update(other.filtered)
         self.notes.update(other.notes)
+        self.note_tokens.update(other.note_tokens)
         for step, counts in other.steps.items():
             self.steps.setdefault(step, Counter()).update(counts)
         for file, counts in other.files.items():
@@ -48,6 +50,7 @@ class Stats:
             "rejected_reasons": dict(sorted(self.rejected.items())),
             "filtered_reasons": dict(sorted(self.filtered.items())),
             "notes": dict(sorted(self.notes.items())),
+            "note_tokens": dict(sorted(self.note_tokens.items())),
             "balanced": self.balanced,
         }
 
@@ -64,6 +67,7 @@ class Stats:
             rejected=Counter(data.get("rejected_reasons", {})),
             filtered=Counter(data.get("filtered_reasons", {})),
             notes=Counter(data.get("notes", {})),
+            note_tokens=Counter(data.get("note_tokens", {})),
             steps={step: Counter(counts) for step, counts in data.get("steps", {}).items()},
             files={file: Counter(counts) for file, counts in data.get("files", {}).items()},
         )

@@ -29,6 +29,7 @@ class Outcome:
     filtered: list[RowError] = field(default_factory=list)
     warnings: list[RowError] = field(default_factory=list)
     notes: Counter[str] = field(default_factory=Counter)
+    note_tokens: Counter[str] = field(default_factory=Counter)
     steps: dict[str, Counter[str]] = field(default_factory=dict)
 
     def stats(self) -> Stats:
@@ -39,6 +40,7 @@ class Outcome:
             rejected=Counter(error.reason for error in self.rejected),
             filtered=Counter(error.reason for error in self.filtered),
             notes=Counter(self.notes),
+            note_tokens=Counter(self.note_tokens),
             steps={step: Counter(counts) for step, counts in self.steps.items()},
         )
 
@@ -65,10 +67,12 @@ class Tally:
         self.outcome.warnings.append(remark)
         self.note(remark.reason)
 
-    def note(self, reason: Reason) -> None:
-        """A remark on a row passed on, only counted."""
+    def note(self, reason: Reason, *, tokens: int = 0) -> None:
+        """A remark on a row passed on, only counted; `tokens`: how many of its tokens the remark is about."""
         self.outcome.notes[reason] += 1
         self.counts[reason] += 1
+        if tokens:
+            self.outcome.note_tokens[reason] += tokens
 
 
 class Step(ABC):

@@ -24,6 +24,7 @@ CheckName = Literal[
     "end_of_turn",
     "decode_round_trip",
     "checksums",
+    "injected_text",
 ]
 
 
@@ -41,6 +42,8 @@ class CheckConfig(BaseModel):
     decode_sample_rows: int = Field(200, ge=0, description="rows the decode round trip is tried on (0: all)")
     min_decode_round_trip: float = Field(1.0, ge=0, le=1, description="sampled rows whose ids survive decode+encode")
     cut_tail_tokens: int = Field(8, ge=0, description="tokens at the end of a possibly cut row the round trip ignores")
+    max_injected_text_rate: float = Field(0.0, ge=0, le=1, description="written rows holding text the chat template "
+                                          "added (a default system prompt, a date line) / written")
     report_samples: int = Field(3, ge=0, description="samples shown in the HTML report")
     skip: tuple[CheckName, ...] = Field((), description="checks not to run (reported as skipped)")
 

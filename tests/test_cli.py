@@ -80,7 +80,7 @@ def test_the_shipped_default_config_is_valid():
 
 
 def test_every_command_has_help_with_examples():
-    assert set(main.commands) == {"validate", "preprocess", "check", "show", "diff", "train"}
+    assert set(main.commands) == {"validate", "preprocess", "check", "show", "diff", "export", "train"}
     for command in main.commands:
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0, command
@@ -171,7 +171,9 @@ def test_choices_are_the_schemas_literals():
     """Every option with choices offers exactly the values its config field accepts."""
     from typing import get_args
 
+    from pipeline.commands.export import LAYOUTS
     from schemas.config import PreprocessConfig
+    from schemas.consumers import Consumer
     from schemas.train_config import TrainConfig
 
     checked = 0
@@ -181,6 +183,10 @@ def test_choices_are_the_schemas_literals():
                 continue
             if name == "train":
                 field = TrainConfig.model_fields[option.name]
+            elif name == "export":
+                assert tuple(option.type.choices) == get_args(Consumer) == tuple(LAYOUTS)
+                checked += 1
+                continue
             else:
                 section, key = option.name.split("__")
                 field = PreprocessConfig.model_fields[section].annotation.model_fields[key]

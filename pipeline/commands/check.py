@@ -231,6 +231,7 @@ def _scan_batch(scan: Scan, batch: pa.RecordBatch, *, split: str, first: int, fi
     offsets, ids = row_arrays(batch.column("input_ids"))
     label_offsets, labels = row_arrays(batch.column("labels"))
     row_ids = batch.column("id").to_pylist()
+    sources, rows = batch.column("source"), batch.column("row")
     names = [f"{split}[{first + k}] {row_ids[k]}" for k in range(batch.num_rows)]
     lengths = np.diff(offsets)
     scan.lengths.append(lengths)
@@ -268,7 +269,8 @@ def _scan_batch(scan: Scan, batch: pa.RecordBatch, *, split: str, first: int, fi
             if not round_trips(output.tokenizer, row_ids_k, tolerance=config.cut_tail_tokens if cut else 0):
                 scan.round_trip_failed.add([names[k]])
         if len(scan.samples) < config.report_samples and (first_global + k) % strides[1] == 0:
-            scan.samples.append(RowSample(split, first + k, row_ids[k], row_ids_k, row_labels_k))
+            scan.samples.append(RowSample(split, first + k, row_ids[k], sources[k].as_py(), rows[k].as_py(), row_ids_k,
+                                          row_labels_k))
 
 
 def _scan_runs(scan: Scan, ids, trained, offsets, row_of, special, names) -> None:
@@ -512,6 +514,23 @@ def check_checksums(output: Output, scan: Scan, config: CheckConfig) -> CheckRes
     return _result("checksums", not problems, f"{len(files) - len(differ)}/{len(files)} match", "all match", detail)
 
 
+def check_injected_text(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
+    acc, injects = output.manifest.accounting, output.manifest.chat_template.injects
+    rows, tokens = acc.notes.get("injected_text", 0), acc.note_tokens.get("injected_text", 0)
+    rate = _rate(rows, acc.written)
+    detail = f"{rows} of {acc.written} written rows hold {tokens} tokens of text the chat template added, not the data"
+    if injects:
+        detail += f"; to a one-turn conversation it adds {_shorten(injects)!r}"
+    if rows:
+        detail += "; give those rows a system message, use another template, or raise max_injected_text_rate"
+    return _result("injected_text", rate <= config.max_injected_text_rate, round(rate, 6),
+                   f"<= {config.max_injected_text_rate}", detail)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 CHECKS = {
     "accounting": check_accounting,
     "reject_rate": check_reject_rate,
@@ -524,6 +543,7 @@ CHECKS = {
     "end_of_turn": check_end_of_turn,
     "decode_round_trip": check_decode_round_trip,
     "checksums": check_checksums,
+    "injected_text": check_injected_text,
 }
 
 

@@ -6,6 +6,7 @@ and why, and a few samples with trained tokens marked.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from html import escape
 from pathlib import Path
@@ -43,6 +44,7 @@ def render_report(report: CheckReport) -> str:
         f"<p class='muted'>{escape(report.directory)} &middot; tool {escape(manifest.tool.version)}"
         f" &middot; preset {escape(report.output.preset)} &middot; limit {report.output.limit}</p>",
         "<h2>Checks</h2>", _check_table(report),
+        "<h2>Text the chat template added</h2>", _injected_section(report),
         "<h2>Length distribution</h2>", _length_section(report),
         "<h2>Trained share</h2>", _trained_section(report),
         *(["<h2>Sources</h2>", _sources_section(report)] if manifest.sources is not None else []),
@@ -66,6 +68,21 @@ def _check_table(report: CheckReport) -> str:
         for r in report.results
     )
     return f"<table><tr><th>check</th><th>status</th><th>value</th><th>threshold</th><th>detail</th></tr>{rows}</table>"
+
+
+def _injected_section(report: CheckReport) -> str:
+    """Rows whose rendering holds text that is neither the data nor the template's markup (see
+    `pipeline/stages/injected.py`): the model trains with it and will expect it at inference."""
+    manifest = report.output.manifest
+    rows = manifest.accounting.notes.get("injected_text", 0)
+    tokens = manifest.accounting.note_tokens.get("injected_text", 0)
+    injects = manifest.chat_template.injects
+    html = (f"<p>{rows} of {manifest.accounting.written} written rows hold {tokens} tokens of text that the chat "
+            "template wrote and the data does not hold (a default system prompt, a date line).</p>")
+    if injects:
+        html += (f"<p class='muted'>To a conversation of one user turn and one reply it adds:</p>"
+                 f"<div class='sample'>{escape(injects)}</div>")
+    return html
 
 
 def _length_section(report: CheckReport) -> str:
@@ -99,7 +116,7 @@ def histogram_svg(values: np.ndarray, *, limit: int | None = None, bins: int = 4
         h = plot_h * count / peak
         parts.append(f"<rect x='{x(lo):.1f}' y='{bottom - h:.1f}' width='{max(x(hi) - x(lo) - 1, 1):.1f}' "
                      f"height='{h:.1f}' fill='#54aeff'><title>{int(lo)}-{int(hi)} tokens: {count} rows</title></rect>")
-    for tick in np.linspace(0, top, 6):
+    for tick in round_ticks(top):
         parts.append(f"<text x='{x(tick):.1f}' y='{bottom + 16}' text-anchor='middle'>{int(tick)}</text>")
     for tick in (0, peak // 2, peak):
         y = bottom - plot_h * tick / peak
@@ -112,6 +129,13 @@ def histogram_svg(values: np.ndarray, *, limit: int | None = None, bins: int = 4
     if note:
         parts.append(f"<text x='{left + plot_w}' y='{bottom - plot_h + 10}' text-anchor='end' fill='#cf222e'>{note}</text>")
     return "".join(parts) + "</svg>"
+
+
+def round_ticks(top: float, *, most: int = 8) -> list[int]:
+    """Ticks from 0 to at most `top`, at multiples of the smallest step of 1, 2 or 5 times a power of ten that
+    gives no more than `most` of them: 0, 500, 1000, ..., not 0, 409.6, 819.2."""
+    step = next(m * 10**e for e in itertools.count() for m in (1, 2, 5) if top // (m * 10**e) + 1 <= most)
+    return list(range(0, int(top) + 1, step))
 
 
 def share_bars_svg(items: list[tuple[str, int, int]], *, width: int = 1000) -> str:
@@ -210,7 +234,8 @@ def _samples_section(report: CheckReport) -> str:
     html = ["<p class='muted'><span class='t'>green</span> = trained (label = token), "
             "<span class='sp'>purple</span> = special token; hover a token for its id and label</p>"]
     for sample in report.scan.samples:
-        html.append(f"<h3>{escape(sample.split)}[{sample.index}] <span class='muted'>{escape(sample.id)}</span></h3>")
+        html.append(f"<h3>{escape(sample.split)}[{sample.index}] <span class='muted'>{escape(sample.id)} from "
+                    f"{escape(sample.origin)}</span></h3>")
         html.append(f"<div class='sample'>{sample_html(tokenizer, sample, special=special)}</div>")
     return "\n".join(html)
 

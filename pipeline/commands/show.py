@@ -71,7 +71,7 @@ def format_sample(tokenizer, row: RowSample, *, highlight: Callable[[str], str] 
     """The header, the text with trained runs highlighted (or in [[...]]), and with `ids` a per-token table."""
     trained = row.labels != IGNORE_INDEX
     pieces = token_pieces(tokenizer, row.input_ids.tolist())
-    header = (f"{row.split}[{row.index}] id={row.id}  {len(row.input_ids)} tokens, {int(trained.sum())} trained "
+    header = (f"{row.split}[{row.index}] id={row.id} from {row.origin}  {len(row.input_ids)} tokens, {int(trained.sum())} trained "
               f"({highlight('highlighted') if highlight else OPEN + '...' + CLOSE} = trained)")
     parts = []
     for start, end, is_trained in runs(trained):

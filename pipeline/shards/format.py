@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 
 IGNORE_INDEX = -100  # labels that are not trained (the Hugging Face / PyTorch cross-entropy convention)
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1  # what this version writes for a run of `inputs`
-SOURCES_MANIFEST_VERSION = 2  # what it writes for a run of `sources`: version 1 and a `sources` list
-READABLE_VERSIONS = (1, 2)  # what this version reads
+MANIFEST_VERSION = 2  # what this version writes
+READABLE_VERSIONS = (2,)  # what this version reads
 
 FEATURES = {
     "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
@@ -28,17 +27,27 @@ FEATURES = {
     "source": {"dtype": "string", "_type": "Value"},
     "row": {"dtype": "int64", "_type": "Value"},
 }  # the `datasets` features, so `datasets.load_from_disk` opens the shards as they are
-SCHEMA = pa.schema(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("length", pa.int32()),
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("row", pa.int64()),
-    ],
-    metadata={"huggingface": json.dumps({"info": {"features": FEATURES}})},
-)
+ARROW_TYPES = {
+    "input_ids": pa.list_(pa.int32()),
+    "labels": pa.list_(pa.int32()),
+    "length": pa.int32(),
+    "id": pa.string(),
+    "source": pa.string(),
+    "row": pa.int64(),
+}
+ATTENTION_MASK = "attention_mask"  # not stored: all ones over a row's tokens, derived by `export` for trainers that want it
+DERIVED_FEATURES = {ATTENTION_MASK: {"feature": {"dtype": "int8", "_type": "Value"}, "_type": "List"}}
+DERIVED_TYPES = {ATTENTION_MASK: pa.list_(pa.int8())}  # int8, as `datasets` stores a tokenizer's attention_mask
+
+
+def schema_of(columns: tuple[str, ...]) -> pa.Schema:
+    """The Arrow schema, with its `datasets` feature metadata, of files holding `columns` (stored or derived)."""
+    types, features = {**ARROW_TYPES, **DERIVED_TYPES}, {**FEATURES, **DERIVED_FEATURES}
+    return pa.schema([(c, types[c]) for c in columns],
+                     metadata={"huggingface": json.dumps({"info": {"features": {c: features[c] for c in columns}}})})
+
+
+SCHEMA = schema_of(tuple(FEATURES))
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TokenId = Annotated[int, Field(ge=0)]
@@ -87,6 +96,7 @@ class Accounting(_Entry):
     rejected_reasons: dict[str, NonNegativeInt]
     filtered_reasons: dict[str, NonNegativeInt]
     notes: dict[str, NonNegativeInt]
+    note_tokens: dict[str, NonNegativeInt]  # per note: the tokens of the written rows it concerns (injected_text)
     balanced: bool
 
 
@@ -117,6 +127,7 @@ class ChatTemplateInfo(_Entry):
     source: str  # "tokenizer", a built-in name or a file
     sha256: Sha256
     tool_role: str | None
+    injects: str  # the text it adds to a conversation of one user turn and one reply ("" when none)
 
 
 class EncoderInfo(_Entry):
@@ -202,14 +213,6 @@ class Manifest(_Entry):
             raise ValueError(f"version {version!r} is not one this chatshard reads ({known}): "
                              "written by another version of the tool")
         return data
-
-    @model_validator(mode="after")
-    def _sources_by_version(self) -> "Manifest":
-        """Version 2 has the `sources` list, version 1 has none."""
-        if (self.version == SOURCES_MANIFEST_VERSION) != (self.sources is not None):
-            needs = "needs a sources list" if self.sources is None else "has no sources list"
-            raise ValueError(f"version {self.version} {needs}")
-        return self
 
     def to_json(self) -> dict[str, Any]:
         data = super().to_json()

@@ -75,13 +75,21 @@ def row_arrays(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class RowSample:
-    """One row, located: its split and index there, its id, its tokens and (unshifted) labels."""
+    """One row, located: its split and index there, its id, the input file and row it came from, its tokens and
+    (unshifted) labels."""
 
     split: str
     index: int
     id: str
+    source: str
+    row: int
     input_ids: np.ndarray
     labels: np.ndarray
+
+    @property
+    def origin(self) -> str:
+        """`file:row` of the input row, as rejects.jsonl and the error messages name rows."""
+        return f"{self.source}:{self.row}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ class RowBatch:
     def row(self, k: int) -> RowSample:
         """Row `k` of the batch, its arrays copied (so it outlives the batch)."""
         lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
-        return RowSample(self.split, self.start + k, self.batch.column("id")[k].as_py(),
+        return RowSample(self.split, self.start + k, *(self.batch.column(c)[k].as_py() for c in ("id", "source", "row")),
                          self.input_ids[lo:hi].copy(), self.labels[lo:hi].copy())
 
 
@@ -132,9 +140,10 @@ class Split:
         return ids[lo:hi], labels[lo:hi]
 
     def row(self, i: int) -> RowSample:
-        """Sample `i` with its split, index and id."""
+        """Sample `i` with its split, index, id and input file and row."""
         input_ids, labels = self.sample(i)
-        return RowSample(self.name, i, self.ids([i])[0], input_ids, labels)
+        found = self.table.select(["id", "source", "row"]).take(pa.array([i], type=pa.int64())).to_pylist()[0]
+        return RowSample(self.name, i, found["id"], found["source"], found["row"], input_ids, labels)
 
     def ids(self, indices: list[int]) -> list[str]:
         """The `id` column of these samples (provenance, for logs)."""

@@ -72,8 +72,9 @@ class ShardWriter:
     """One shard file written as it fills: each batch of samples is appended to a temp file as Arrow record
     batches, so memory holds one batch, not one shard. `close` renames it into place and returns its manifest entry."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, schema: pa.Schema = SCHEMA):
         self.path = path
+        self.schema = schema
         self._tmp = path.with_name(f".{path.name}.tmp")
         self._handle = None
         self._writer = None
@@ -84,7 +85,7 @@ class ShardWriter:
             return
         if self._writer is None:
             self._handle = open(self._tmp, "wb")
-            self._writer = pa.ipc.new_stream(self._handle, SCHEMA)
+            self._writer = pa.ipc.new_stream(self._handle, self.schema)
         self._writer.write_table(batch.table, max_chunksize=1000)
         self.rows += batch.table.num_rows
         self.tokens += batch.tokens
@@ -109,8 +110,10 @@ def split_files(total: int) -> list[str]:
     return [f"data-{k:05d}-of-{total:05d}.arrow" for k in range(total)] + ["state.json", "dataset_info.json"]
 
 
-def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]]) -> list[ShardInfo]:
-    """Move a split's shard files into place under their `datasets` names and write its metadata files."""
+def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]], features: dict[str, Any] = FEATURES
+                   ) -> list[ShardInfo]:
+    """Move a split's shard files into place under their `datasets` names and write its metadata files (`features`:
+    those of the files' columns)."""
     split_dir.mkdir(parents=True, exist_ok=True)
     names = split_files(len(shards))
     final: list[ShardInfo] = []
@@ -127,7 +130,7 @@ def finalize_split(split_dir: Path, shards: list[tuple[Path, ShardInfo]]) -> lis
         "_output_all_columns": False,
         "_split": None,
     }
-    info = {"citation": "", "description": "", "features": FEATURES, "homepage": "", "license": ""}
+    info = {"citation": "", "description": "", "features": features, "homepage": "", "license": ""}
     write_atomic(split_dir / "state.json", _json_bytes(state))
     write_atomic(split_dir / "dataset_info.json", _json_bytes(info))
     return final

@@ -110,6 +110,7 @@ class DropOldestTurns(RowStep):
                 return None
             (encoded,) = self.encode([rendered.text])
             if len(encoded.input_ids) <= self.limit:
+                row.rendered, row.encoded = rendered, encoded
                 row.input_ids, row.labels = encoded.input_ids, self.label.labels(rendered, encoded, trained)
                 tally.note(Reason.TURNS_DROPPED)
                 return row

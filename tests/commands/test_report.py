@@ -50,6 +50,26 @@ def test_histogram_marks_the_limit():
     assert svg.count("<rect") == 40 and "limit 100" in svg and "stroke-dasharray" in svg
 
 
+@pytest.mark.parametrize("longest, limit", [(80, 100), (1234, 2048), (7, None), (4321, 4096), (97, 96)])
+def test_histogram_ticks_fall_on_round_numbers(longest, limit):
+    """The x ticks are multiples of one step of 1, 2 or 5 times a power of ten, start at 0 and reach the axis end."""
+    svg = histogram_svg(np.array([1, longest // 2, longest]), limit=limit)
+    ticks = [int(t) for t in re.findall(r"text-anchor='middle'>(\d+)</text>", svg)]
+    step = ticks[1] - ticks[0]
+    assert ticks[0] == 0 and 4 <= len(ticks) <= 11
+    assert all(b - a == step for a, b in zip(ticks, ticks[1:]))
+    assert re.fullmatch(r"[125]0*", str(step)), ticks
+    top = max(longest, limit or 0) if not limit or limit <= 1.5 * longest else longest
+    assert ticks[-1] <= top < ticks[-1] + step
+
+
+def test_samples_name_their_source_file_and_row(report):
+    html = render_report(report)
+    for sample in report.scan.samples:
+        assert f"{sample.source}:{sample.row}" in html
+        assert sample.source.endswith("chats.jsonl") and sample.row >= 1
+
+
 def test_chromium_renders_it(report, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -33,6 +33,7 @@ def test_trained_runs_are_bracketed_and_the_text_is_the_decoded_row(out):
     assert result.exit_code == 0, result.output
     header, _, body = result.output.rstrip("\n").split("\n", 2)
     assert header.startswith(f"train[2] id={train[2]['id']}") and f"{int((labels != IGNORE_INDEX).sum())} trained" in header
+    assert f" from {train[2]['source']}:{train[2]['row']} " in header  # where the sample came from: file:row
     assert body.replace("[[", "").replace("]]", "") == demo_tokenizer().decode(ids)
     assert body.count("[[") == body.count("]]") == sum(t for _, _, t in runs(labels != IGNORE_INDEX))
     first = body[body.index("[[") + 2 : body.index("]]")]

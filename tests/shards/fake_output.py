@@ -47,11 +47,11 @@ def write_output(path: Path, splits: dict[str, list[Sample]], *, vocab_size: int
         tokenizer={"fingerprint": "0" * 64, "class": "PreTrainedTokenizerFast", "vocab_size": vocab_size,
                    "bos_token_id": None, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id,
                    "special_tokens": {}, "chat_template_sha256": TEMPLATE_SHA256},
-        chat_template={"source": "tokenizer", "sha256": TEMPLATE_SHA256, "tool_role": None},
+        chat_template={"source": "tokenizer", "sha256": TEMPLATE_SHA256, "tool_role": None, "injects": ""},
         encoder={"name": "hf", "reason": "a test fixture"},
         splits=entries,
         accounting={"read": written, "written": written, "rejected": 0, "filtered": 0, "rejected_reasons": {},
-                    "filtered_reasons": {}, "notes": {}, "balanced": True},
+                    "filtered_reasons": {}, "notes": {}, "note_tokens": {}, "balanced": True},
         rejects_sha256=EMPTY_SHA256,
     ))
     return path

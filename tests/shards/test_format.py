@@ -14,7 +14,6 @@ from pipeline.shards.format import (
     MANIFEST_VERSION,
     READABLE_VERSIONS,
     SCHEMA,
-    SOURCES_MANIFEST_VERSION,
     Manifest,
 )
 from tests.conftest import REPO
@@ -56,7 +55,7 @@ def errors(data: dict) -> list[tuple[str, str]]:
 def test_an_unknown_version_is_refused_before_any_other_field():
     [(loc, kind)] = errors({"version": 99, "something": "else"})
     assert (loc, kind) == ("", "value_error")
-    with pytest.raises(ValidationError, match=r"version 99 is not one this chatshard reads \(1, 2\)"):
+    with pytest.raises(ValidationError, match=r"version 99 is not one this chatshard reads \(2\)"):
         Manifest.model_validate({"version": 99})
     assert MANIFEST_VERSION in READABLE_VERSIONS
 
@@ -86,29 +85,19 @@ def test_the_model_is_as_strict_as_the_writer(edit, loc):
 def test_the_manifest_is_immutable():
     manifest = Manifest.model_validate(readme_manifest())
     with pytest.raises(ValidationError):
-        manifest.version = 2
+        manifest.version = 3
 
 
 SOURCE = {"path": "a.jsonl", "read": 4, "drawn": 6, "written": 5, "rejected": 1, "filtered": 0, "tokens": 50,
           "trained_tokens": 20}
 
 
-def test_a_manifest_of_sources_is_version_2_with_its_sources_list_and_dumps_it():
-    data = {**readme_manifest(), "version": SOURCES_MANIFEST_VERSION, "sources": [SOURCE]}
+def test_a_manifest_of_sources_has_its_sources_list_and_dumps_it():
+    data = {**readme_manifest(), "sources": [SOURCE]}
     manifest = Manifest.model_validate(data)
     assert manifest.sources[0].drawn == 6 and manifest.to_json() == data
-    assert "sources" not in Manifest.model_validate(readme_manifest()).to_json()  # version 1 stays as it was
+    assert "sources" not in Manifest.model_validate(readme_manifest()).to_json()  # a run of inputs has none
     shared = {**data, "sources": [{**SOURCE, "token_share": 45}]}  # a mixture of tokens adds the tokens asked
     assert Manifest.model_validate(shared).to_json() == shared
-
-
-@pytest.mark.parametrize("version, sources, message", [
-    (SOURCES_MANIFEST_VERSION, None, "version 2 needs a sources list"),
-    (MANIFEST_VERSION, [SOURCE], "version 1 has no sources list"),
-])
-def test_the_sources_list_goes_with_its_version(version, sources, message):
-    data = {**readme_manifest(), "version": version, **({"sources": sources} if sources else {})}
-    with pytest.raises(ValidationError, match=message):
-        Manifest.model_validate(data)
     with pytest.raises(ValidationError, match="sources.0.drawn"):
-        Manifest.model_validate({**readme_manifest(), "version": 2, "sources": [{**SOURCE, "drawn": "6"}]})
+        Manifest.model_validate({**readme_manifest(), "sources": [{**SOURCE, "drawn": "6"}]})
