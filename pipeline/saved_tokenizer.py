@@ -25,8 +25,9 @@ class SavedTokenizer:
 
     is_fast = True
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, fingerprint: str | None = None):
         self.directory = directory
+        self.fingerprint = fingerprint  # `tokenizer_fingerprint`, when known already (serialising it takes a while)
         self.backend_tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
         template_path = directory / TEMPLATE_FILE

@@ -82,7 +82,7 @@ def load_tokenizer(config: RenderConfig):
     tokenizer.backend_tokenizer.no_truncation()  # limits are applied by the truncation stage, never silently here
     tokenizer.backend_tokenizer.no_padding()
     if cacheable:
-        remember(directory, tokenizer)
+        remember(directory, tokenizer, tokenizer_fingerprint(tokenizer))
     return tokenizer
 
 
@@ -161,6 +161,8 @@ def added_token_searches(tokenizer, template: str) -> tuple[TokenSearch | None, 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the tokenizer's vocabulary, merges and added tokens (its backend JSON), independent of paths."""
+    if getattr(tokenizer, "fingerprint", None):
+        return tokenizer.fingerprint
     backend = tokenizer.backend_tokenizer.to_str()
     return hashlib.sha256(backend.encode("utf-8")).hexdigest()
 

@@ -1,7 +1,7 @@
 """A user cache of tokenizers as transformers loads them, so that a run loads a known tokenizer without transformers.
 
 The first run on a local tokenizer directory loads it with transformers and saves it (`save_pretrained`) under
-`cache_root()/tokenizers/<key>/tokenizer`; later runs read that copy with `SavedTokenizer`. The key is a sha256 of everything
+`cache_root()/tokenizers/<key>/tokenizer`; later runs read that copy with `SavedTokenizer`, with the tokenizer's fingerprint recorded beside it. The key is a sha256 of everything
 the loaded tokenizer depends on: every file of the directory (name and sha256 of its bytes), the directory's path,
 the versions of transformers and tokenizers, and the offline setting transformers records in the saved config. An
 entry whose key differs is never read; an entry is complete or absent (written beside, then renamed into place).
@@ -21,6 +21,7 @@ from pipeline.saved_tokenizer import SavedTokenizer
 
 CACHE_FORMAT = 1
 _KEY_FILE = "key.json"
+_FINGERPRINT_FILE = "fingerprint"
 
 
 def cache_root() -> Path:
@@ -50,13 +51,15 @@ def load_cached(directory: Path) -> SavedTokenizer | None:
         entry = _entry(key)
         if json.loads((entry / _KEY_FILE).read_text(encoding="utf-8")) != key:
             return None
-        return SavedTokenizer(entry / "tokenizer")
+        fingerprint = (entry / _FINGERPRINT_FILE).read_text(encoding="utf-8")
+        return SavedTokenizer(entry / "tokenizer", fingerprint=fingerprint)
     except Exception:  # missing, unreadable or damaged: transformers loads it instead
         return None
 
 
-def remember(directory: Path, tokenizer) -> None:
-    """Save `tokenizer`, just loaded by transformers from `directory`, as that directory's cache entry."""
+def remember(directory: Path, tokenizer, fingerprint: str) -> None:
+    """Save `tokenizer`, just loaded by transformers from `directory`, as that directory's cache entry, with its
+    `fingerprint` (`pipeline.tokenizer.tokenizer_fingerprint`)."""
     try:
         key = cache_key(directory)
         entry = _entry(key)
@@ -64,6 +67,7 @@ def remember(directory: Path, tokenizer) -> None:
         scratch = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
         try:
             tokenizer.save_pretrained(str(scratch / "tokenizer"))
+            (scratch / _FINGERPRINT_FILE).write_text(fingerprint, encoding="utf-8")
             (scratch / _KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf-8")
             os.replace(scratch, entry)
         except OSError:  # another run wrote the entry first: keep that one

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from pipeline.saved_tokenizer import SavedTokenizer
-from pipeline.tokenizer import load_tokenizer
+from pipeline.tokenizer import load_tokenizer, tokenizer_fingerprint
 from pipeline.tokenizer_cache import cache_root, load_cached
 from schemas.config import RenderConfig
 from tests.conftest import DEMO_TOKENIZER
@@ -24,6 +24,7 @@ def test_the_first_load_fills_the_cache_and_the_next_reads_it(tokenizer_dir):
     again = load_tokenizer(RenderConfig(tokenizer=str(tokenizer_dir)))
     assert not isinstance(first, SavedTokenizer) and isinstance(again, SavedTokenizer)
     assert again.backend_tokenizer.to_str() == first.backend_tokenizer.to_str()
+    assert again.fingerprint == tokenizer_fingerprint(first) == tokenizer_fingerprint(SavedTokenizer(again.directory))
 
 
 def test_an_entry_is_not_read_once_a_file_of_the_tokenizer_changed(tokenizer_dir):
