@@ -59,10 +59,11 @@ class SavedTokenizer:
 
     @property
     def all_special_ids(self) -> list[int]:
-        """Ids of the named special tokens and of the extra special tokens the config lists."""
-        extra = self.config.get("extra_special_tokens") or []
-        tokens = [*self.special_tokens_map.values(), *(_content(t) for t in extra if not isinstance(extra, dict))]
-        ids = (self.backend_tokenizer.token_to_id(t) for t in tokens)
+        """Ids of the named special tokens and of the extra special tokens the config lists (under the name of the
+        transformers version that saved it)."""
+        extra = [token for key in ("extra_special_tokens", "additional_special_tokens")
+                 if isinstance(self.config.get(key), list) for token in self.config[key]]
+        ids = (self.backend_tokenizer.token_to_id(_content(t)) for t in [*self.special_tokens_map.values(), *extra])
         return sorted({i for i in ids if i is not None})
 
     def convert_tokens_to_ids(self, tokens: list[str]) -> list[int | None]:
