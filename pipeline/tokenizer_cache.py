@@ -59,7 +59,8 @@ def load_cached(directory: Path) -> SavedTokenizer | None:
 
 def remember(directory: Path, tokenizer, fingerprint: str) -> None:
     """Save `tokenizer`, just loaded by transformers from `directory`, as that directory's cache entry, with its
-    `fingerprint` (`pipeline.tokenizer.tokenizer_fingerprint`)."""
+    `fingerprint` (`pipeline.tokenizer.tokenizer_fingerprint`). An entry already there is one `load_cached` could
+    not read (damaged, or from an older layout): it is replaced."""
     try:
         key = cache_key(directory)
         entry = _entry(key)
@@ -69,6 +70,10 @@ def remember(directory: Path, tokenizer, fingerprint: str) -> None:
             tokenizer.save_pretrained(str(scratch / "tokenizer"))
             (scratch / _FINGERPRINT_FILE).write_text(fingerprint, encoding="utf-8")
             (scratch / _KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf-8")
+            if entry.exists():
+                stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent)) / "stale"
+                os.replace(entry, stale)
+                shutil.rmtree(stale.parent)
             os.replace(scratch, entry)
         except OSError:  # another run wrote the entry first: keep that one
             shutil.rmtree(scratch, ignore_errors=True)

@@ -39,12 +39,15 @@ def test_an_entry_is_not_read_under_another_offline_setting(tokenizer_dir, monke
     assert load_cached(tokenizer_dir) is None
 
 
-def test_a_damaged_entry_is_loaded_anew(tokenizer_dir):
+@pytest.mark.parametrize("damage", ["key.json", "fingerprint", "tokenizer/tokenizer.json"])
+def test_a_damaged_entry_is_loaded_anew_and_replaced(tokenizer_dir, damage):
     load_tokenizer(RenderConfig(tokenizer=str(tokenizer_dir)))
-    for key_file in (cache_root() / "tokenizers").glob("*/key.json"):
-        key_file.write_text("{not json")
+    [entry] = (cache_root() / "tokenizers").iterdir()
+    (entry / damage).write_text("{not json") if damage != "fingerprint" else (entry / damage).unlink()
     assert load_cached(tokenizer_dir) is None
-    assert load_tokenizer(RenderConfig(tokenizer=str(tokenizer_dir))).is_fast
+    assert not isinstance(load_tokenizer(RenderConfig(tokenizer=str(tokenizer_dir))), SavedTokenizer)
+    assert isinstance(load_cached(tokenizer_dir), SavedTokenizer)
+    assert [p.name for p in (cache_root() / "tokenizers").iterdir()] == [entry.name]  # nothing left beside it
 
 
 def test_an_unwritable_cache_only_costs_time(tokenizer_dir, monkeypatch, tmp_path):
