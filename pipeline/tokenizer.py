@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InputError, PipelineError
+from pipeline.saved_tokenizer import SavedTokenizer
 from pipeline.templates import load_template
+from pipeline.tokenizer_cache import load_cached, remember
 from schemas.config import RenderConfig
 
 
@@ -56,11 +58,18 @@ def declared_fast_class(directory: Path):
 
 
 def load_tokenizer(config: RenderConfig):
-    """The fast tokenizer at `config.tokenizer`. A slow-only tokenizer is refused: spans need character offsets."""
-    if config.tokenizer.startswith((".", "/", "~")) and not Path(config.tokenizer).expanduser().is_dir():
+    """The fast tokenizer at `config.tokenizer`. A slow-only tokenizer is refused: spans need character offsets.
+    A local directory loaded before comes from the tokenizer cache (`pipeline.tokenizer_cache`), without
+    transformers; otherwise transformers loads it, and the cache keeps it for the next run."""
+    directory = Path(config.tokenizer).expanduser()
+    if config.tokenizer.startswith((".", "/", "~")) and not directory.is_dir():
         # a path, not a hub name: say so rather than pass on the hub's rules for repository names
         raise PipelineError(f"cannot load tokenizer {config.tokenizer!r}: no such directory (give the model's "
                             "folder with --tokenizer)")
+    cacheable = directory.is_dir() and not config.trust_remote_code
+    cached = load_cached(directory) if cacheable else None
+    if cached is not None:
+        return cached
     try:
         tokenizer = from_pretrained(config.tokenizer, trust_remote_code=config.trust_remote_code)
     except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
@@ -72,16 +81,18 @@ def load_tokenizer(config: RenderConfig):
         )
     tokenizer.backend_tokenizer.no_truncation()  # limits are applied by the truncation stage, never silently here
     tokenizer.backend_tokenizer.no_padding()
+    if cacheable:
+        remember(directory, tokenizer, tokenizer_fingerprint(tokenizer))
     return tokenizer
 
 
-def load_saved_tokenizer(path: Path):
+def load_saved_tokenizer(path: Path) -> SavedTokenizer:
     """The tokenizer `preprocess` saved beside the shards; `InputError` when it is missing or cannot be loaded."""
     if not (path / "tokenizer.json").is_file():
         raise InputError(f"{path}: the tokenizer saved beside the shards is missing (tokenizer.json)")
     try:
-        return from_pretrained(str(path))
-    except Exception as exc:  # transformers raises many kinds here; all mean the same to the user
+        return SavedTokenizer(path)
+    except Exception as exc:  # unreadable JSON, a tokenizer.json the tokenizers library refuses, ...
         raise InputError(f"{path}: cannot load the saved tokenizer: {exc}") from None
 
 
@@ -150,6 +161,8 @@ def added_token_searches(tokenizer, template: str) -> tuple[TokenSearch | None, 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the tokenizer's vocabulary, merges and added tokens (its backend JSON), independent of paths."""
+    if getattr(tokenizer, "fingerprint", None):
+        return tokenizer.fingerprint
     backend = tokenizer.backend_tokenizer.to_str()
     return hashlib.sha256(backend.encode("utf-8")).hexdigest()
 
@@ -158,7 +171,7 @@ def tokenizer_summary(tokenizer, template: str) -> dict:
     """What the manifest records about the tokenizer: enough for the trainer to size a model without loading it."""
     return {
         "fingerprint": tokenizer_fingerprint(tokenizer),
-        "class": type(tokenizer).__name__,
+        "class": getattr(tokenizer, "class_name", type(tokenizer).__name__),
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
@@ -170,8 +183,11 @@ def tokenizer_summary(tokenizer, template: str) -> dict:
 
 def save_tokenizer(tokenizer, template: str, out: Path) -> None:
     """Save the tokenizer with the template actually used, so the shards are self-contained."""
-    tokenizer.chat_template = template
-    tokenizer.save_pretrained(str(out))
+    if isinstance(tokenizer, SavedTokenizer):
+        tokenizer.save(template, out)
+    else:
+        tokenizer.chat_template = template
+        tokenizer.save_pretrained(str(out))
     config_path = out / "tokenizer_config.json"
     if config_path.exists():  # keep the template inline so every transformers version finds it
         config = json.loads(config_path.read_text(encoding="utf-8"))

@@ -18,6 +18,14 @@ DEMO_TOKENIZER = REPO / "data" / "tokenizer"
 REAL_TOKENIZERS = ["glm4", "qwen2.5", "qwen3", "llama3.2", "llama3", "openhermes-mistral", "gpt2"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _tokenizer_cache(tmp_path_factory):
+    """The tokenizer cache of the session's runs: a folder of its own, never the user's cache."""
+    os.environ["CHATSHARD_CACHE"] = str(tmp_path_factory.mktemp("tokenizer-cache"))
+    yield
+    del os.environ["CHATSHARD_CACHE"]
+
+
 def shared_path(*parts: str) -> Path:
     """A path under the shared folder, or a clean skip when it is not there."""
     path = SHARED.joinpath(*parts)

@@ -208,10 +208,16 @@ def _imports_of(tmp_path: Path, *args: str) -> list[str]:
     return [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
 
 
-def test_preprocess_and_check_do_not_import_torch(tmp_path):
+def test_preprocess_and_check_start_without_torch_and_a_known_tokenizer_without_transformers(tmp_path, monkeypatch):
+    """The first run on a tokenizer loads it with transformers (never torch) and caches it; later runs and `check`
+    import neither transformers nor pandas (pyarrow's converters would import it)."""
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
     rows = tmp_path / "one.jsonl"
     rows.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
-    preprocess = _imports_of(tmp_path, "preprocess", str(rows), "--tokenizer", str(DEMO_TOKENIZER), "--out", "out")
-    check = _imports_of(tmp_path, "check", "out")
-    assert "transformers" in preprocess and "pyarrow" in check  # the listing is read right
-    assert "torch" not in preprocess and "torch" not in check
+    first = _imports_of(tmp_path, "preprocess", str(rows), "--tokenizer", str(DEMO_TOKENIZER), "--out", "first")
+    again = _imports_of(tmp_path, "preprocess", str(rows), "--tokenizer", str(DEMO_TOKENIZER), "--out", "again")
+    check = _imports_of(tmp_path, "check", "again")
+    assert "transformers" in first and "pyarrow" in check  # the listing is read right
+    assert "torch" not in first
+    heavy = {"torch", "transformers", "pandas"}
+    assert not heavy & set(again) and not heavy & set(check)

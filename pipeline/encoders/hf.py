@@ -53,14 +53,17 @@ class HFEncoder:
         return Encoded(ids, self.widths.spans(ids, text))
 
 
-def encoder_spec(tokenizer) -> dict:
+def encoder_spec(tokenizer, *, with_vocab: bool = True) -> dict:
     """The parts of the loaded tokenizer.json that the encoder builders read, in its shape: the model's type, flags and
-    vocabulary, the normaliser, pre-tokenizer and added tokens. Taken from the backend part by part: parsing the
-    whole JSON (half of it merges) takes a third of a second for a 150k vocabulary."""
+    vocabulary (left out without `with_vocab`: reading it back takes a sixth of a second for a 150k vocabulary), the
+    normaliser, pre-tokenizer and added tokens. Taken from the backend part by part: parsing the whole JSON (half of
+    it merges) takes a third of a second for a 150k vocabulary."""
     backend = tokenizer.backend_tokenizer
     model: dict[str, Any] = {"type": type(backend.model).__name__}
     if model["type"] == "BPE":
-        model.update(byte_fallback=backend.model.byte_fallback, vocab=backend.get_vocab(with_added_tokens=False),
+        if with_vocab:
+            model["vocab"] = backend.get_vocab(with_added_tokens=False)
+        model.update(byte_fallback=backend.model.byte_fallback,
                      continuing_subword_prefix=backend.model.continuing_subword_prefix,
                      end_of_word_suffix=backend.model.end_of_word_suffix)
     added = [{"id": i, "content": t.content, "single_word": t.single_word, "lstrip": t.lstrip, "rstrip": t.rstrip,

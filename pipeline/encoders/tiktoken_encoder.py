@@ -32,8 +32,10 @@ class TiktokenEncoder:
 
     name = "tiktoken"
 
-    def __init__(self, encoding: Any, token_bytes: np.ndarray, nfc: bool, hf_encode, threads: int | None = None):
+    def __init__(self, encoding: Any, token_bytes: np.ndarray, nfc: bool, hf_encode, threads: int | None = None,
+                 ranks: dict[bytes, int] | None = None):
         self.encoding = encoding
+        self.ranks = ranks  # the rank table it was built from (tiktoken keeps it too), for `rank_cache`
         self.token_bytes = token_bytes
         self.nfc = nfc
         self._hf_encode = hf_encode
@@ -62,9 +64,10 @@ class TiktokenEncoder:
         return out
 
 
-def build(spec: dict, hf_encode, threads: int | None = None) -> TiktokenEncoder:
+def build(spec: dict, hf_encode, threads: int | None = None, ranks: dict[bytes, int] | None = None) -> TiktokenEncoder:
     """A verified tiktoken encoder for the tokenizer whose tokenizer.json is `spec`, encoding on `threads` threads
-    (default: the cores, up to 8), or NotExpressible with the reason."""
+    (default: the cores, up to 8), or NotExpressible with the reason. `ranks`, the rank table kept from an earlier
+    run (`rank_cache`), stands in for the vocabulary, which `spec` may then leave out."""
     import tiktoken
 
     model, normalizer = spec.get("model") or {}, spec.get("normalizer")
@@ -73,7 +76,8 @@ def build(spec: dict, hf_encode, threads: int | None = None) -> TiktokenEncoder:
     if normalizer is not None and normalizer.get("type") != "NFC":
         raise NotExpressible(f"normaliser {normalizer.get('type')} changes text")
     pattern = _split_pattern(spec.get("pre_tokenizer"))
-    ranks = {byte_level_bytes(piece): rank for piece, rank in model["vocab"].items()}
+    if ranks is None:
+        ranks = {byte_level_bytes(piece): rank for piece, rank in model["vocab"].items()}
     special: dict[str, int] = {}
     for added in spec.get("added_tokens", []):
         if added.get("lstrip") or added.get("rstrip") or added.get("single_word"):
@@ -89,7 +93,7 @@ def build(spec: dict, hf_encode, threads: int | None = None) -> TiktokenEncoder:
         encoding = tiktoken.Encoding("chatshard", pat_str=pattern, mergeable_ranks=ranks, special_tokens=special)
     except Exception as exc:  # tiktoken refuses some regexes and rank tables
         raise NotExpressible(f"tiktoken cannot build it: {exc}") from None
-    encoder = TiktokenEncoder(encoding, token_bytes, normalizer is not None, hf_encode, threads)
+    encoder = TiktokenEncoder(encoding, token_bytes, normalizer is not None, hf_encode, threads, ranks)
     # the same ids and span answers on every probe (a tokenizer whose offsets leave out whitespace, `trim_offsets`,
     # answers differently from byte ranges)
     prove(encoder, hf_encode, sorted(special))

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import InputError
 from pipeline.outputs import LEDGER, write_atomic
+from pipeline.shards.arrays import numeric_array, numpy_view
 from pipeline.shards.format import IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
 from pipeline.shards.writer import sha256_file
 from pipeline.storage import is_url, open_store
@@ -66,10 +67,10 @@ def iter_batches(path: Path) -> Iterator[pa.RecordBatch]:
 
 def row_arrays(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(offsets rebased to 0, flat values) of a list column; the values are a zero-copy view of the mapped buffer."""
-    offsets = column.offsets.to_numpy().astype(np.int64)
+    offsets = numpy_view(column.offsets).astype(np.int64)
     if not len(column):
         return np.zeros(1, np.int64), np.zeros(0, np.int32)
-    values = column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    values = numpy_view(column.values)[offsets[0] : offsets[-1]]
     return offsets - offsets[0], values
 
 
@@ -147,7 +148,7 @@ class Split:
 
     def ids(self, indices: list[int]) -> list[str]:
         """The `id` column of these samples (provenance, for logs)."""
-        return self.table.column("id").take(pa.array(indices, type=pa.int64())).to_pylist()
+        return self.table.column("id").take(numeric_array(np.asarray(indices), pa.int64())).to_pylist()
 
     def index_of(self, row_id: str) -> int | None:
         """The index of the first sample whose `id` is `row_id`."""

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.outputs import write_atomic
+from pipeline.shards.arrays import numeric_array, string_array
 from pipeline.shards.format import FEATURES, IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
 
 
@@ -51,18 +52,18 @@ class SampleTable:
     @classmethod
     def of(cls, samples: list[Sample]) -> "SampleTable":
         lengths = np.array([len(s.input_ids) for s in samples], dtype=np.int64)
-        offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32), type=pa.int32())
+        offsets = numeric_array(np.concatenate(([0], np.cumsum(lengths))), pa.int32())
         flat_ids = np.concatenate([s.input_ids for s in samples] or [np.zeros(0)]).astype(np.int32)
         flat_labels = np.concatenate([s.labels for s in samples] or [np.zeros(0)]).astype(np.int32)
-        table = pa.table(
-            {
-                "input_ids": pa.ListArray.from_arrays(offsets, pa.array(flat_ids, type=pa.int32())),
-                "labels": pa.ListArray.from_arrays(offsets, pa.array(flat_labels, type=pa.int32())),
-                "length": pa.array(lengths.astype(np.int32), type=pa.int32()),
-                "id": pa.array([s.id for s in samples], type=pa.string()),
-                "source": pa.array([s.source for s in samples], type=pa.string()),
-                "row": pa.array([s.row for s in samples], type=pa.int64()),
-            },
+        table = pa.Table.from_arrays(
+            [
+                pa.ListArray.from_arrays(offsets, numeric_array(flat_ids, pa.int32())),
+                pa.ListArray.from_arrays(offsets, numeric_array(flat_labels, pa.int32())),
+                numeric_array(lengths, pa.int32()),
+                string_array([s.id for s in samples]),
+                string_array([s.source for s in samples]),
+                numeric_array(np.array([s.row for s in samples], dtype=np.int64), pa.int64()),
+            ],
             schema=SCHEMA,
         )
         return cls(table, len(flat_ids), int(np.count_nonzero(flat_labels != IGNORE_INDEX)))

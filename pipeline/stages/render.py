@@ -15,6 +15,7 @@ import difflib
 import itertools
 import json
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,12 +23,12 @@ from typing import Any
 from functools import lru_cache
 
 from jinja2 import nodes
-from transformers.utils.chat_template_utils import _REASONING_FIELDS, _alias_reasoning_fields, _compile_jinja_template
 
 from pipeline.errors import ConfigError, PipelineError, Reason, RowError
 from pipeline.stages.render_limits import RenderLimitExceeded, RenderLimits, bound_operators, render_timer
 from pipeline.stages.row import Rendered, Row, Span
 from pipeline.step import Step, Tally
+from pipeline.templates.environment import REASONING_FIELDS, alias_reasoning_fields, chat_environment
 from pipeline.templates.flow import copies_text_verbatim
 from schemas.config import RenderConfig
 from schemas.records import Conversation, Message
@@ -166,8 +167,8 @@ class Renderer:
     ) -> str:
         """Render template-ready messages as `apply_chat_template(..., tokenize=False)` does. The messages are plain
         JSON data built here, so transformers' defensive copy is skipped; its reasoning-field aliases are kept."""
-        if any(field in message for message in messages for field in _REASONING_FIELDS):
-            messages = _alias_reasoning_fields(messages)
+        if any(field in message for message in messages for field in REASONING_FIELDS):
+            messages = alias_reasoning_fields(messages)
         variables = {"messages": messages, "tools": tools, "documents": None,
                      "add_generation_prompt": add_generation_prompt, **self._kwargs}
         return self.limits.render(self._compiled, variables)
@@ -243,21 +244,19 @@ def renderer_args(tokenizer) -> dict[str, Any]:
 
 @lru_cache(maxsize=8)
 def _with_fixed_clock(template: str, max_chars: int = DEFAULT_LIMITS.max_chars):
-    """The template compiled as transformers compiles it, with `strftime_now` returning FIXED_DATE so renderings do
-    not change from day to day, and `*` and `**` bounded by `max_chars` (`bound_operators`). transformers caches the
-    compiled template; its globals are the only place a callable can be given, so `apply_chat_template` on the same
-    template sees the fixed date too, unless compiling it there would compute a `*` or `**` of constants (it may be
+    """The template compiled as transformers compiles it (`chat_environment`), with `strftime_now` returning
+    FIXED_DATE so renderings do not change from day to day, and `*` and `**` bounded by `max_chars`
+    (`bound_operators`). In a process that has imported transformers, its cached compilation of the template gets the
+    fixed clock too (its globals are the only place a callable can be given), so `apply_chat_template` on the same
+    template renders the same date, unless compiling it there would compute a `*` or `**` of constants (it may be
     `'a' * 10**9`: transformers' environment computes constants while compiling, unbounded).
 
-    The pipeline renders through an overlay of transformers' sandbox (taken from its compiled empty template, so that
-    the template itself is compiled here only, bounded) whose lookups (`message.role`, `message['tools']`) answer
-    on a plain dict without raising and catching exceptions first: the same result (a dict instance has no attribute
-    outside `dir(dict)`, so a missing key is undefined either way), at a fraction of the cost of the sandbox's general
-    path. Its globals are a flat copy of the sandbox's (with the fixed clock): every render copies them into
-    a new context, and a chain of mappings copies slowly."""
+    Lookups (`message.role`, `message['tools']`) answer on a plain dict without raising and catching exceptions
+    first: the same result as the sandbox's general path (a dict instance has no attribute outside `dir(dict)`, so a
+    missing key is undefined either way), at a fraction of its cost. The template's globals are flat (with the fixed
+    clock): every render copies them into a new context, and a chain of mappings copies slowly."""
     fixed_clock = lambda fmt: FIXED_DATE.strftime(fmt)  # noqa: E731
-    sandbox = _compile_jinja_template("")
-    environment = sandbox.environment.overlay()
+    environment = chat_environment()
     bound_operators(environment, max_chars)
     general_getattr, general_getitem = environment.getattr, environment.getitem
 
@@ -276,8 +275,10 @@ def _with_fixed_clock(template: str, max_chars: int = DEFAULT_LIMITS.max_chars):
 
     environment.getattr, environment.getitem = getattr_, getitem_
     fast = environment.from_string(template)
-    fast.globals = {**sandbox.globals, "strftime_now": fixed_clock}  # flat: every render copies the globals
-    if not _folds_operators(environment.parse(template)):
+    fast.globals = {**environment.globals, "strftime_now": fixed_clock}  # flat: every render copies the globals
+    if "transformers" in sys.modules and not _folds_operators(environment.parse(template)):
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
         _compile_jinja_template(template).globals["strftime_now"] = fixed_clock
     return fast
 
