@@ -20,6 +20,7 @@ from pipeline.chain import Toolkit, build_chain
 from pipeline.engines.chunk import BatchTask
 from pipeline.engines.journal import WORK_DIR, Journal
 from pipeline.engines.local import count_row_tokens, run_local
+from pipeline.engines.plan import input_items
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.shards.format import (
@@ -32,7 +33,7 @@ from pipeline.shards.format import (
     SplitInfo,
 )
 from pipeline.shards.writer import finalize_split, sha256_file, split_files, write_dataset_dict, write_manifest
-from pipeline.stages.ingest import InputPath, detect_formats, find_inputs, read_records
+from pipeline.stages.ingest import InputPath, detect_formats, find_inputs
 from pipeline.stages.mixture import Mixture, all_inputs, find_sources
 from pipeline.stages.remote import RemoteFile
 from pipeline.stages.split import SPLITS
@@ -71,8 +72,9 @@ def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None =
     else:
         if mixture:
             mixture = mixture.counted(lambda items: count_row_tokens(config, task, items))
-        records = mixture.records() if mixture else read_records(formats, config.source)
-        receipts = run_local(config, task, records, journal.work, journal.finished)
+        items = mixture.records() if mixture else input_items(formats, config.source,
+                                                              by_workers=config.output.workers > 1)
+        receipts = run_local(config, task, items, journal.work, journal.finished)
     for index, receipt in receipts:
         journal.record(index, receipt)
         on_journal()

@@ -111,18 +111,21 @@ class _Job:
         return sum(s["tokens"] for s in manifest["splits"].values()), time.perf_counter() - start
 
     @staticmethod
-    def _chunk_rate(data: str, tokenizer: str, out: str, workers: int, encoder: str, engine: str) -> tuple[float]:
+    def _chunk_rate(data: str, tokenizer: str, out: str, workers: int, encoder: str,
+                    engine: str) -> tuple[float, float, float | None]:
         """The steady-state tokens/s of a run in chunks of 500 rows: the chunks journaled after the first `workers`
-        of them, over the time since."""
+        of them, over the time since; the CPU seconds per 1,000 rows of this process over the same chunks, and of
+        the local engine's worker processes over the whole run (None with Ray, whose workers are not ours)."""
         from pipeline.engines.journal import Journal
         from pipeline.run import preprocess
         from schemas.config import load_config
 
-        finished: list[tuple[float, int]] = []
+        finished: list[tuple[float, float, int, int]] = []  # wall time, this process's CPU time, tokens, rows
         record = Journal.record
 
         def timed(journal, index, receipt):
-            finished.append((time.perf_counter(), sum(s["tokens"] for s in receipt["shards"].values())))
+            finished.append((time.perf_counter(), time.process_time(),
+                             sum(s["tokens"] for s in receipt["shards"].values()), receipt["stats"]["read"]))
             record(journal, index, receipt)
 
         Journal.record = timed
@@ -130,8 +133,12 @@ class _Job:
                                     "output.workers": workers, "render.encoder": encoder, "output.rows_per_shard": 500,
                                     "output.engine": engine})
         preprocess(config, Path(out))
-        (start, _), *rest = finished[workers - 1:]
-        return (sum(tokens for _, tokens in rest) / (rest[-1][0] - start),)
+        (start, cpu, _, _), *rest = finished[workers - 1:]
+        rows = sum(r for *_, r in rest)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        workers_cpu = (children.ru_utime + children.ru_stime) / sum(r for *_, r in finished) * 1000
+        return (sum(tokens for *_, tokens, _ in rest) / (rest[-1][0] - start), (rest[-1][1] - cpu) / rows * 1000,
+                workers_cpu if engine == "local" and workers > 1 else None)
 
     @staticmethod
     def _ceiling(texts_file: str, tokenizer: str, encoder: str = "hf") -> tuple[int, float, float]:
@@ -252,18 +259,22 @@ def scaling_table(name: str, tokenizer_dir: Path, data: Path, tmp: Path, encoder
     """Steady-state throughput against the number of workers, for each engine and encoder, with the speed-up over
     one worker and the parallel efficiency (speed-up / workers). Steady state: the tokens of the chunks finished
     after the first round (one chunk per worker) over the time from that round to the last chunk, so that start-up
-    (Ray's, the workers') cancels out."""
+    (Ray's, the workers') cancels out. With the local engine's worker processes, the CPU seconds per 1,000 rows of
+    the parent and of the workers, and the most workers the parent can keep busy: (workers + parent) / parent."""
     lines = []
     for engine in ("local", "ray"):
         for encoder in encoders:
             single = None
             for workers in worker_counts(cores):
-                rate, _ = _in_fresh_process(_Job("chunk_rate", data=str(data), tokenizer=str(tokenizer_dir),
-                                                 out=str(tmp / f"scaling-{name}-{engine}-{encoder}-{workers}"),
-                                                 workers=workers, encoder=encoder, engine=engine))
+                rate, parent, children, _ = _in_fresh_process(_Job(
+                    "chunk_rate", data=str(data), tokenizer=str(tokenizer_dir),
+                    out=str(tmp / f"scaling-{name}-{engine}-{encoder}-{workers}"), workers=workers, encoder=encoder,
+                    engine=engine))
                 single = single or rate
+                costs = (f"{parent:10.3f} | {children:11.3f} | {(children + parent) / parent:6.0f}x"
+                         if children is not None else f"{parent:10.3f} |           - |       -")
                 lines.append(f"| {engine:<5} | {encoder:<8} | {workers:>7} | {rate:>11,.0f} | {rate / single:5.2f}x "
-                             f"| {rate / single / workers:10.2f} |")
+                             f"| {rate / single / workers:10.2f} | {costs} |")
     return lines
 
 
@@ -354,7 +365,8 @@ def _echo_scaling(families: list[tuple[str, Path]], conversations: int, tmp: Pat
     _, encoders = _render_texts(rows[:10], str(tokenizer_dir))
     cores = os.cpu_count() or 1
     click.echo(f"\n### scaling with workers: {name}, {conversations:,} conversations, {cores} cores (steady state)\n")
-    click.echo("| engine | encoder | workers | tokens/s | speed-up | efficiency |\n|---|---|---:|---:|---:|---:|")
+    click.echo("| engine | encoder | workers | tokens/s | speed-up | efficiency | parent CPU s / 1k rows "
+               "| workers CPU s / 1k rows | ceiling |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
     click.echo("\n".join(scaling_table(name, tokenizer_dir, data, tmp, encoders, cores)))
 
 

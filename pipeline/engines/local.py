@@ -1,5 +1,7 @@
-"""The local engine: the input streamed once by this process, cut into chunks as it goes, each chunk's batches run
-in worker processes (`pipeline.workers.BatchPool`) and written here in input order."""
+"""The local engine: the input cut into chunks by this process as it goes, each chunk's batches run in worker
+processes (`pipeline.workers.BatchPool`) and written here in input order. Where a worker can read a batch's rows
+itself (plain JSON Lines and CSV files: `plan.input_items`), it is sent only where they are, so this process neither
+parses the rows nor pickles them, and its share of the work stays small however many workers there are."""
 from __future__ import annotations
 
 import functools
@@ -10,20 +12,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.chunk import BatchTask, Records, batches, build_task, process_chunk, write_chunk
+from pipeline.engines.chunk import BatchTask, ChunkResult, Records, batches, build_task, process_chunk, write_chunk
+from pipeline.engines.plan import Item, Piece, pack, read_pieces
 from pipeline.progress import progress
 from pipeline.stages.mixture import row_tokens
 from pipeline.workers import BatchPool
 from schemas.config import PreprocessConfig
+from schemas.sources import SourceConfig
 
 
-def run_local(config: PreprocessConfig, task: BatchTask, records: Records, work: Path,
+def run_local(config: PreprocessConfig, task: BatchTask, items: Iterable[Item], work: Path,
               finished: Callable[[int], bool]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """`(index, receipt)` of each chunk of `records` (the run's input, streamed) not `finished` yet, in chunk order,
-    its files written into `work`."""
-    with _executor(config, task) as pool:
-        process = functools.partial(process_chunk, pool.map, batch_size=config.output.batch_size)
-        for index, chunk in enumerate(_chunks(progress(records, desc="preprocess"), config.output.rows_per_shard)):
+    """`(index, receipt)` of each chunk of `items` (the run's input, streamed: records, or where they are) not
+    `finished` yet, in chunk order, its files written into `work`."""
+    with _executor(config, BatchReader(task, config.source)) as pool:
+
+        def run(batches: Iterable[list[Item]]) -> Iterator[ChunkResult]:
+            return pool.map(pack(batch) for batch in batches)
+
+        process = functools.partial(process_chunk, run, batch_size=config.output.batch_size)
+        for index, chunk in enumerate(_chunks(progress(items, desc="preprocess"), config.output.rows_per_shard)):
             if finished(index):
                 for _ in chunk:  # already written: read past its rows
                     pass
@@ -31,21 +39,36 @@ def run_local(config: PreprocessConfig, task: BatchTask, records: Records, work:
             yield index, write_chunk(work, index, process, chunk)
 
 
+class BatchReader:
+    """What a worker runs on one packed batch: reads the rows it was sent the places of, then runs the task."""
+
+    def __init__(self, task: BatchTask, source: SourceConfig):
+        self.task, self.source = task, source
+
+    def __call__(self, pieces: list[Piece]) -> ChunkResult:
+        return self.task(read_pieces(pieces, self.source))
+
+
+def build_reader(config: PreprocessConfig) -> BatchReader:
+    """A spawned worker's own `BatchReader`, built from the config alone."""
+    return BatchReader(build_task(config), config.source)
+
+
 def count_row_tokens(config: PreprocessConfig, task: BatchTask, records: Records) -> Iterator[int]:
     """A mixture's counting pass on the worker pool: each record's tokens as written (0 when rejected or filtered)."""
-    with _executor(config, task) as pool:
+    with _executor(config, BatchReader(task, config.source)) as pool:
         batched = batches(progress(records, desc="count tokens"), config.output.batch_size)
         for counts in pool.map(batched, using=_row_tokens):
             yield from counts
 
 
-def _row_tokens(task: BatchTask, records: list) -> list[int]:
+def _row_tokens(reader: BatchReader, records: list) -> list[int]:
     """A worker's part of the counting pass, with the worker's own chain."""
-    return row_tokens(task.chain, records)
+    return row_tokens(reader.task.chain, records)
 
 
 @contextmanager
-def _executor(config: PreprocessConfig, task: BatchTask) -> Iterator[BatchPool]:
+def _executor(config: PreprocessConfig, task: BatchReader) -> Iterator[BatchPool]:
     """The worker pool for the run.
 
     Everything alive now (modules, tokenizer, template) lives for the whole run: `gc.freeze` takes it out of the
@@ -56,7 +79,7 @@ def _executor(config: PreprocessConfig, task: BatchTask) -> Iterator[BatchPool]:
     if froze:
         gc.freeze()
     try:
-        with BatchPool(task, workers=config.output.workers, build=functools.partial(build_task, config)) as pool:
+        with BatchPool(task, workers=config.output.workers, build=functools.partial(build_reader, config)) as pool:
             yield pool
     finally:
         if froze:
