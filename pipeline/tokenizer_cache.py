@@ -19,9 +19,10 @@ from pathlib import Path
 
 from pipeline.saved_tokenizer import SavedTokenizer
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _KEY_FILE = "key.json"
 _FINGERPRINT_FILE = "fingerprint"
+_CONTENTS_FILE = "contents.json"  # sha256 of every file of the saved tokenizer, checked before it is read
 
 
 def cache_root() -> Path:
@@ -33,8 +34,7 @@ def cache_root() -> Path:
 
 def cache_key(directory: Path) -> dict:
     """What a tokenizer loaded from `directory` depends on."""
-    files = {str(p.relative_to(directory)): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
-    return {"format": CACHE_FORMAT, "path": str(directory.resolve()), "files": files,
+    return {"format": CACHE_FORMAT, "path": str(directory.resolve()), "files": _contents(directory),
             "transformers": version("transformers"), "tokenizers": version("tokenizers"),
             "offline": [os.environ.get(name) for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")]}
 
@@ -51,6 +51,8 @@ def load_cached(directory: Path) -> SavedTokenizer | None:
         entry = _entry(key)
         if json.loads((entry / _KEY_FILE).read_text(encoding="utf-8")) != key:
             return None
+        if json.loads((entry / _CONTENTS_FILE).read_text(encoding="utf-8")) != _contents(entry / "tokenizer"):
+            return None  # a file of the copy changed since it was saved (even into other valid JSON)
         fingerprint = (entry / _FINGERPRINT_FILE).read_text(encoding="utf-8")
         return SavedTokenizer(entry / "tokenizer", fingerprint=fingerprint)
     except Exception:  # missing, unreadable or damaged: transformers loads it instead
@@ -69,6 +71,7 @@ def remember(directory: Path, tokenizer, fingerprint: str) -> None:
         try:
             tokenizer.save_pretrained(str(scratch / "tokenizer"))
             (scratch / _FINGERPRINT_FILE).write_text(fingerprint, encoding="utf-8")
+            (scratch / _CONTENTS_FILE).write_text(json.dumps(_contents(scratch / "tokenizer")), encoding="utf-8")
             (scratch / _KEY_FILE).write_text(json.dumps(key, sort_keys=True), encoding="utf-8")
             if entry.exists():
                 stale = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent)) / "stale"
@@ -79,6 +82,11 @@ def remember(directory: Path, tokenizer, fingerprint: str) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
     except Exception:  # a read-only or full disk costs only the time saved
         return
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    """Every file under `folder` by its relative name, with the sha256 of its bytes."""
+    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _sha256(path: Path) -> str:

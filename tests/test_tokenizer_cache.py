@@ -2,6 +2,7 @@
 and never in the way (a damaged entry or an unwritable cache only costs time)."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -39,7 +40,7 @@ def test_an_entry_is_not_read_under_another_offline_setting(tokenizer_dir, monke
     assert load_cached(tokenizer_dir) is None
 
 
-@pytest.mark.parametrize("damage", ["key.json", "fingerprint", "tokenizer/tokenizer.json"])
+@pytest.mark.parametrize("damage", ["key.json", "fingerprint", "contents.json", "tokenizer/tokenizer.json"])
 def test_a_damaged_entry_is_loaded_anew_and_replaced(tokenizer_dir, damage):
     load_tokenizer(RenderConfig(tokenizer=str(tokenizer_dir)))
     [entry] = (cache_root() / "tokenizers").iterdir()
@@ -48,6 +49,17 @@ def test_a_damaged_entry_is_loaded_anew_and_replaced(tokenizer_dir, damage):
     assert not isinstance(load_tokenizer(RenderConfig(tokenizer=str(tokenizer_dir))), SavedTokenizer)
     assert isinstance(load_cached(tokenizer_dir), SavedTokenizer)
     assert [p.name for p in (cache_root() / "tokenizers").iterdir()] == [entry.name]  # nothing left beside it
+
+
+def test_a_copy_edited_into_other_valid_json_is_not_read(tokenizer_dir):
+    load_tokenizer(RenderConfig(tokenizer=str(tokenizer_dir)))
+    [entry] = (cache_root() / "tokenizers").iterdir()
+    saved = entry / "tokenizer" / "tokenizer.json"
+    spec = json.loads(saved.read_text(encoding="utf-8"))
+    first, second = list(spec["model"]["vocab"])[300:302]
+    spec["model"]["vocab"][first], spec["model"]["vocab"][second] = spec["model"]["vocab"][second], spec["model"]["vocab"][first]
+    saved.write_text(json.dumps(spec), encoding="utf-8")  # still a valid tokenizer, with two ids swapped
+    assert load_cached(tokenizer_dir) is None
 
 
 def test_an_unwritable_cache_only_costs_time(tokenizer_dir, monkeypatch, tmp_path):
