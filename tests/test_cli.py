@@ -121,12 +121,13 @@ def test_a_ray_address_without_the_ray_engine_is_refused(tmp_path, chats):
 def test_ctrl_c_exits_130_and_a_rerun_resumes(tmp_path, chats, monkeypatch):
     import pipeline.engines.local as local_engine
 
-    def interrupted(*args):
-        raise KeyboardInterrupt
+    class Interrupted(local_engine.ChunkFiles):
+        def add(self, part):
+            raise KeyboardInterrupt
 
     args = ["preprocess", str(chats), "--tokenizer", str(DEMO_TOKENIZER), "--out", str(tmp_path / "out")]
     with monkeypatch.context() as patch:
-        patch.setattr(local_engine, "write_chunk", interrupted)
+        patch.setattr(local_engine, "ChunkFiles", Interrupted)
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 130
     assert result.output.strip() == "interrupted; rerun with the same arguments to resume"

@@ -19,6 +19,7 @@ from pipeline.run import preprocess
 from pipeline.storage import open_store
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, REPO
+from tests.test_run import Counted
 
 pytest.importorskip("s3fs")
 
@@ -108,8 +109,8 @@ def test_a_run_killed_after_its_first_chunk_resumes_on_s3_to_the_same_bytes(s3_e
     left = open_store(url).keys()
     assert "manifest.json" not in left and ".work/chunk-00000.json" in left and ".work/chunk-00001.json" not in left
 
-    written, real_write = [], local_engine.write_chunk
-    monkeypatch.setattr(local_engine, "write_chunk", lambda w, i, p, c: (written.append(i), real_write(w, i, p, c))[1])
+    written = []
+    monkeypatch.setattr(local_engine, "ChunkFiles", Counted(written))
     preprocess_to_store(_config(chats), url)  # a fresh staging directory: as on another machine
     assert written[0] == 1  # chunk 0 came from the journal on the prefix
     _assert_same_output(local_output, url)

@@ -10,6 +10,7 @@ import datasets
 import pytest
 
 import pipeline.engines.local as local_engine
+from pipeline.engines.chunk import ChunkFiles
 import pipeline.stages.ingest as ingest
 import pipeline.stages.render as render_module
 import pipeline.workers as workers_module
@@ -160,6 +161,17 @@ def test_a_worker_that_dies_fails_the_run_with_a_clear_error(tmp_path, monkeypat
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def Counted(calls: list[int]) -> type:
+    """The local engine's chunk files, recording the index of each chunk it writes in `calls`."""
+
+    class CountedChunkFiles(ChunkFiles):
+        def __init__(self, work, index):
+            super().__init__(work, index)
+            calls.append(index)
+
+    return CountedChunkFiles
+
+
 def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     data = _write(tmp_path / "chats.jsonl", [_chat(k, turns=1 + k % 3) for k in range(100)])
     overrides = {"output.rows_per_shard": 25, "output.eval_split": 0.2, "output.batch_size": 4}
@@ -167,26 +179,25 @@ def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     preprocess(_config([data], **overrides), clean)
 
     crashed = tmp_path / "crashed"
-    real_write, calls = local_engine.write_chunk, []
+    calls = []
 
-    def crash_on_third(work, index, process, chunk):
-        calls.append(index)
-        if len(calls) == 3:  # as if killed in the middle of the third chunk, its shard half written
-            def rows_then_interrupt(rows, after=10):
-                for k, row in enumerate(rows):
-                    if k == after:
-                        raise KeyboardInterrupt
-                    yield row
-            chunk = rows_then_interrupt(chunk)
-        return real_write(work, index, process, chunk)
+    class CrashOnThird(ChunkFiles):
+        def __init__(self, work, index):
+            super().__init__(work, index)
+            calls.append(index)
 
-    monkeypatch.setattr(local_engine, "write_chunk", crash_on_third)
+        def add(self, part):
+            super().add(part)
+            if len(calls) == 3:  # as if killed in the middle of the third chunk, its shard half written
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(local_engine, "ChunkFiles", CrashOnThird)
     with pytest.raises(KeyboardInterrupt):
         preprocess(_config([data], **overrides), crashed)
     assert not (crashed / "manifest.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(local_engine, "write_chunk", lambda w, i, p, c: (calls.append(i), real_write(w, i, p, c))[1])
+    monkeypatch.setattr(local_engine, "ChunkFiles", Counted(calls))
     preprocess(_config([data], **overrides), crashed)
     assert calls == [2, 3]  # chunks 0 and 1 were taken from the journal
     for path in sorted(clean.rglob("*")):

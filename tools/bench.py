@@ -111,34 +111,24 @@ class _Job:
         return sum(s["tokens"] for s in manifest["splits"].values()), time.perf_counter() - start
 
     @staticmethod
-    def _chunk_rate(data: str, tokenizer: str, out: str, workers: int, encoder: str,
-                    engine: str) -> tuple[float, float, float | None]:
-        """The steady-state tokens/s of a run in chunks of 500 rows: the chunks journaled after the first `workers`
-        of them, over the time since; the CPU seconds per 1,000 rows of this process over the same chunks, and of
-        the local engine's worker processes over the whole run (None with Ray, whose workers are not ours)."""
-        from pipeline.engines.journal import Journal
+    def _scaling_run(data: str, tokenizer: str, out: str, workers: int, encoder: str,
+                     engine: str) -> tuple[int, int, float, float, float]:
+        """One preprocess run for the scaling table, in chunks of 500 rows, each worker encoding on one thread (so
+        one worker is one core): its tokens and rows, its wall seconds (start-up included: `scaling_table` takes
+        the difference of two runs), and the CPU seconds of this process and of its child processes (the local
+        engine's workers; Ray's are not ours)."""
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         from pipeline.run import preprocess
         from schemas.config import load_config
 
-        finished: list[tuple[float, float, int, int]] = []  # wall time, this process's CPU time, tokens, rows
-        record = Journal.record
-
-        def timed(journal, index, receipt):
-            finished.append((time.perf_counter(), time.process_time(),
-                             sum(s["tokens"] for s in receipt["shards"].values()), receipt["stats"]["read"]))
-            record(journal, index, receipt)
-
-        Journal.record = timed
+        start, cpu = time.perf_counter(), time.process_time()
         config = load_config(None, {"inputs": [data], "render.tokenizer": tokenizer, "truncation.max_length": 1_000_000,
                                     "output.workers": workers, "render.encoder": encoder, "output.rows_per_shard": 500,
                                     "output.engine": engine})
-        preprocess(config, Path(out))
-        (start, cpu, _, _), *rest = finished[workers - 1:]
-        rows = sum(r for *_, r in rest)
+        manifest = preprocess(config, Path(out))
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        workers_cpu = (children.ru_utime + children.ru_stime) / sum(r for *_, r in finished) * 1000
-        return (sum(tokens for *_, tokens, _ in rest) / (rest[-1][0] - start), (rest[-1][1] - cpu) / rows * 1000,
-                workers_cpu if engine == "local" and workers > 1 else None)
+        return (sum(s["tokens"] for s in manifest["splits"].values()), manifest["accounting"]["read"],
+                time.perf_counter() - start, time.process_time() - cpu, children.ru_utime + children.ru_stime)
 
     @staticmethod
     def _ceiling(texts_file: str, tokenizer: str, encoder: str = "hf") -> tuple[int, float, float]:
@@ -255,24 +245,29 @@ def worker_counts(cores: int) -> list[int]:
     return counts if counts[-1] == cores else [*counts, cores]
 
 
-def scaling_table(name: str, tokenizer_dir: Path, data: Path, tmp: Path, encoders: list[str], cores: int) -> list[str]:
-    """Steady-state throughput against the number of workers, for each engine and encoder, with the speed-up over
-    one worker and the parallel efficiency (speed-up / workers). Steady state: the tokens of the chunks finished
-    after the first round (one chunk per worker) over the time from that round to the last chunk, so that start-up
-    (Ray's, the workers') cancels out. With the local engine's worker processes, the CPU seconds per 1,000 rows of
-    the parent and of the workers, and the most workers the parent can keep busy: (workers + parent) / parent."""
+def scaling_table(name: str, tokenizer_dir: Path, data: Path, small: Path, tmp: Path, encoders: list[str],
+                  cores: int) -> list[str]:
+    """Throughput against the number of workers, for each engine and encoder, with the speed-up over one worker and
+    the parallel efficiency (speed-up / workers). Each point is two fresh runs, on `data` and on `small` (a fifth of
+    it): the difference in tokens over the difference in seconds, so start-up (imports, the tokenizer, each
+    worker's, Ray's) cancels out. Likewise the CPU seconds per 1,000 rows of the parent process and, with the local
+    engine's worker processes, of the workers, and the most workers the parent can keep busy: (workers + parent) /
+    parent."""
     lines = []
     for engine in ("local", "ray"):
         for encoder in encoders:
             single = None
             for workers in worker_counts(cores):
-                rate, parent, children, _ = _in_fresh_process(_Job(
-                    "chunk_rate", data=str(data), tokenizer=str(tokenizer_dir),
-                    out=str(tmp / f"scaling-{name}-{engine}-{encoder}-{workers}"), workers=workers, encoder=encoder,
-                    engine=engine))
+                runs = [_in_fresh_process(_Job(
+                    "scaling_run", data=str(path), tokenizer=str(tokenizer_dir), workers=workers, encoder=encoder,
+                    out=str(tmp / f"scaling-{name}-{engine}-{encoder}-{workers}-{path.stem}"), engine=engine))
+                    for path in (small, data)]
+                tokens, rows, seconds, parent, children = (b - a for a, b in zip(runs[0][:5], runs[1][:5]))
+                rate = tokens / seconds
                 single = single or rate
+                parent, children = parent / rows * 1000, children / rows * 1000
                 costs = (f"{parent:10.3f} | {children:11.3f} | {(children + parent) / parent:6.0f}x"
-                         if children is not None else f"{parent:10.3f} |           - |       -")
+                         if engine == "local" and workers > 1 else f"{parent:10.3f} |           - |       -")
                 lines.append(f"| {engine:<5} | {encoder:<8} | {workers:>7} | {rate:>11,.0f} | {rate / single:5.2f}x "
                              f"| {rate / single / workers:10.2f} | {costs} |")
     return lines
@@ -362,12 +357,13 @@ def _echo_scaling(families: list[tuple[str, Path]], conversations: int, tmp: Pat
     name, tokenizer_dir = (families or [("demo", REPO / "data" / "tokenizer")])[0]
     rows = generate_corpus(conversations)
     data = write_jsonl(tmp / "scaling.jsonl", rows)
+    small = write_jsonl(tmp / "scaling-fifth.jsonl", rows[: max(1, conversations // 5)])
     _, encoders = _render_texts(rows[:10], str(tokenizer_dir))
     cores = os.cpu_count() or 1
-    click.echo(f"\n### scaling with workers: {name}, {conversations:,} conversations, {cores} cores (steady state)\n")
+    click.echo(f"\n### scaling with workers: {name}, {conversations:,} conversations, {cores} cores (start-up cancelled: a run on all of them minus a run on a fifth)\n")
     click.echo("| engine | encoder | workers | tokens/s | speed-up | efficiency | parent CPU s / 1k rows "
                "| workers CPU s / 1k rows | ceiling |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    click.echo("\n".join(scaling_table(name, tokenizer_dir, data, tmp, encoders, cores)))
+    click.echo("\n".join(scaling_table(name, tokenizer_dir, data, small, tmp, encoders, cores)))
 
 
 if __name__ == "__main__":

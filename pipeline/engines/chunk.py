@@ -95,41 +95,49 @@ BatchMap = Callable[[Iterable[list]], Iterator[ChunkResult]]
 """Runs the task on each batch, results in input order: `BatchPool.map`, or plain `map` in one process."""
 
 
-def process_chunk(run: BatchMap, records: Records, writers: dict[str, ShardWriter], batch_size: int) -> ChunkResult:
-    """Stream one chunk of input records into `writers`, batch by batch: memory holds a few batches, whatever the
-    chunk or input size."""
-    result = ChunkResult()
-    for part in run(batches(records, batch_size)):
-        for split, table in part.tables.items():
-            writers[split].write(table)
-        result.absorb(part)
-    return result
-
-
 def batches(items: Iterable, size: int) -> Iterator[list]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
 
 
-def write_chunk(work: Path, index: int, process: Callable[[Records, dict[str, ShardWriter]], ChunkResult],
-                records: Records) -> dict[str, Any]:
-    """Chunk `index` processed (`process`: `process_chunk` with the run's batch map) into its files in `work`; its
-    receipt: the files with their checksums, and the chunk's counts."""
-    writers = {split: ShardWriter(work / f"chunk-{index:05d}.{split}.arrow") for split in SPLITS}
-    result = process(records, writers)
-    shards = {split: info.to_json() for split, writer in writers.items() if (info := writer.close()) is not None}
-    rejects, warnings = work / f"chunk-{index:05d}.rejects.jsonl", work / f"chunk-{index:05d}.warnings.jsonl"
-    write_atomic(rejects, _jsonl(result.rejects + result.dropped))
-    write_atomic(warnings, _jsonl(result.warnings))
-    return {
-        "shards": shards,
-        "rejects": rejects.name,
-        "rejects_sha256": sha256_file(rejects),
-        "warnings": warnings.name,
-        "warnings_sha256": sha256_file(warnings),
-        "stats": result.stats.to_journal(),
-    }
+class ChunkFiles:
+    """Chunk `index`'s files in `work`, written batch result by batch result in input order (memory holds a few
+    batches, whatever the chunk's size); `close` writes its rejects and warnings and gives its receipt: the files
+    with their checksums, and the chunk's counts."""
+
+    def __init__(self, work: Path, index: int):
+        self.work, self.index = work, index
+        self.writers = {split: ShardWriter(work / f"chunk-{index:05d}.{split}.arrow") for split in SPLITS}
+        self.result = ChunkResult()
+
+    def add(self, part: ChunkResult) -> None:
+        for split, table in part.tables.items():
+            self.writers[split].write(table)
+        self.result.absorb(part)
+
+    def close(self) -> dict[str, Any]:
+        shards = {split: info.to_json() for split, writer in self.writers.items() if (info := writer.close()) is not None}
+        name = f"chunk-{self.index:05d}"
+        rejects, warnings = self.work / f"{name}.rejects.jsonl", self.work / f"{name}.warnings.jsonl"
+        write_atomic(rejects, _jsonl(self.result.rejects + self.result.dropped))
+        write_atomic(warnings, _jsonl(self.result.warnings))
+        return {
+            "shards": shards,
+            "rejects": rejects.name,
+            "rejects_sha256": sha256_file(rejects),
+            "warnings": warnings.name,
+            "warnings_sha256": sha256_file(warnings),
+            "stats": self.result.stats.to_journal(),
+        }
+
+
+def write_chunk(work: Path, index: int, run: BatchMap, records: Records, batch_size: int) -> dict[str, Any]:
+    """Chunk `index`, all of it in hand, run batch by batch (`run`: the batch map) into its files; its receipt."""
+    files = ChunkFiles(work, index)
+    for part in run(batches(records, batch_size)):
+        files.add(part)
+    return files.close()
 
 
 def _jsonl(errors: list[RowError]) -> bytes:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.chunk import BatchTask, ChunkResult, Records, batches, build_task, process_chunk, write_chunk
+from pipeline.engines.chunk import BatchTask, ChunkFiles, ChunkResult, Records, batches, build_task
 from pipeline.engines.plan import Item, Piece, pack, read_pieces
 from pipeline.progress import progress
 from pipeline.stages.mixture import row_tokens
@@ -24,19 +25,34 @@ from schemas.sources import SourceConfig
 def run_local(config: PreprocessConfig, task: BatchTask, items: Iterable[Item], work: Path,
               finished: Callable[[int], bool]) -> Iterator[tuple[int, dict[str, Any]]]:
     """`(index, receipt)` of each chunk of `items` (the run's input, streamed: records, or where they are) not
-    `finished` yet, in chunk order, its files written into `work`."""
-    with _executor(config, BatchReader(task, config.source)) as pool:
+    `finished` yet, in chunk order, its files written into `work`.
 
-        def run(batches: Iterable[list[Item]]) -> Iterator[ChunkResult]:
-            return pool.map(pack(batch) for batch in batches)
+    The batches of every chunk go to the workers as one stream, so the workers stay busy across a chunk's end
+    (the next chunk's batches are already running while the last of this one's finish); the results come back in
+    input order, and each goes to the files of the chunk it was cut from."""
+    sent: deque[int] = deque()  # the chunk of each batch handed to the pool and not yet back
 
-        process = functools.partial(process_chunk, run, batch_size=config.output.batch_size)
+    def batches_to_run() -> Iterator[list[Piece] | Records]:
         for index, chunk in enumerate(_chunks(progress(items, desc="preprocess"), config.output.rows_per_shard)):
             if finished(index):
                 for _ in chunk:  # already written: read past its rows
                     pass
                 continue
-            yield index, write_chunk(work, index, process, chunk)
+            for batch in batches(chunk, config.output.batch_size):
+                sent.append(index)
+                yield pack(batch)
+
+    with _executor(config, BatchReader(task, config.source)) as pool:
+        files: ChunkFiles | None = None
+        for part in pool.map(batches_to_run()):
+            index = sent.popleft()
+            if files is not None and files.index != index:
+                yield files.index, files.close()
+                files = None
+            files = files or ChunkFiles(work, index)
+            files.add(part)
+        if files is not None:
+            yield files.index, files.close()
 
 
 class BatchReader:

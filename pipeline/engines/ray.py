@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.chunk import build_task, process_chunk, write_chunk
+from pipeline.engines.chunk import build_task, write_chunk
 from pipeline.engines.plan import Chunk, plan_chunks, read_chunk
 from pipeline.errors import PipelineError
 from pipeline.progress import progress
@@ -38,8 +38,7 @@ class ChunkWorker:
         self.config = PreprocessConfig.model_validate_json(config_json)
         self.paths, self.work = paths, Path(work)
         task = build_task(self.config)
-        self.process = functools.partial(process_chunk, functools.partial(map, task),
-                                         batch_size=self.config.output.batch_size)
+        self.run = functools.partial(map, task)  # one process: the batches in turn
         gc.freeze()  # the toolkit lives as long as the worker: keep it out of the collector's full passes
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -48,7 +47,8 @@ class ChunkWorker:
             chunk = Chunk.from_json(str(text))
             records = read_chunk(chunk, self.config.source, self.paths)
             indexes.append(chunk.index)
-            receipts.append(json.dumps(write_chunk(self.work, chunk.index, self.process, records)))
+            receipts.append(json.dumps(write_chunk(self.work, chunk.index, self.run, records,
+                                                     self.config.output.batch_size)))
         return {"index": indexes, "receipt": receipts}
 
 

@@ -86,23 +86,23 @@ class DiesMidChunk(ChunkWorker):
     def __init__(self, config_json: str, paths, work: str, cwd: str):
         super().__init__(config_json, paths, work, cwd)
         self.marker = Path(work).parent.parent / "killed"
-        process = self.process
+        run = self.run
 
-        def process_then_die(records, writers):
-            return process(self._die_on_second_batch(records), writers)
+        def run_then_die(batches):
+            return run(self._die_on_second_batch(batches))
 
-        self.process = process_then_die
+        self.run = run_then_die
 
     def __call__(self, batch):
         self.chunk_index = json.loads(str(batch["chunk"][0]))["index"]
         return super().__call__(batch)
 
-    def _die_on_second_batch(self, records):
-        for k, item in enumerate(records):
-            if self.chunk_index == 1 and k == 2 and not self.marker.exists():
+    def _die_on_second_batch(self, batches):
+        for k, batch in enumerate(batches):
+            if self.chunk_index == 1 and k == 1 and not self.marker.exists():
                 self.marker.touch()
                 os.kill(os.getpid(), signal.SIGKILL)
-            yield item
+            yield batch
 
 
 @pytest.mark.slow
