@@ -35,12 +35,11 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-class OwnedDir:
-    """An output directory claimed by `claim`, with the ledger of what the tool created in it. Paths are relative
-    to `root`, in POSIX form (`train/data-00000-of-00001.arrow`). Only the writing process (rank 0) changes it."""
+class Ledger:
+    """What the tool created in one output, a directory or an object-storage prefix: the output's kind, the paths
+    it recorded and its scratch folders."""
 
-    def __init__(self, root: Path, kind: str, paths: Iterable[str] = (), scratch: Iterable[str] = ()):
-        self.root = root
+    def __init__(self, kind: str, paths: Iterable[str] = (), scratch: Iterable[str] = ()):
         self.kind = kind
         self._paths = set(paths)
         self._scratch = set(scratch)
@@ -48,6 +47,15 @@ class OwnedDir:
     def owns(self, rel: str) -> bool:
         """Whether `rel` is the tool's: recorded, the temp file of a recorded file, or inside a scratch directory."""
         return owned(rel, self._paths, self._scratch)
+
+
+class OwnedDir(Ledger):
+    """An output directory claimed by `claim`, with the ledger of what the tool created in it. Paths are relative
+    to `root`, in POSIX form (`train/data-00000-of-00001.arrow`). Only the writing process (rank 0) changes it."""
+
+    def __init__(self, root: Path, kind: str, paths: Iterable[str] = (), scratch: Iterable[str] = ()):
+        super().__init__(kind, paths, scratch)
+        self.root = root
 
     def record(self, *rels: str) -> None:
         """Record paths (and the folders above them) before creating them; a path already there that is not ours

@@ -11,21 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pipeline.errors import OutputError
-from pipeline.outputs import LEDGER, ledger_bytes, listing, other_kind, owned, parse_ledger, refusal
+from pipeline.outputs import LEDGER, Ledger, ledger_bytes, listing, other_kind, parse_ledger, refusal
 from pipeline.storage import Store
 
 
-class OwnedPrefix:
+class OwnedPrefix(Ledger):
     """A prefix claimed by `claim_prefix`, with the ledger of the keys the tool created under it."""
 
     def __init__(self, store: Store, kind: str, paths: Iterable[str] = (), scratch: Iterable[str] = ()):
+        super().__init__(kind, paths, scratch)
         self.store = store
-        self.kind = kind
-        self._paths = set(paths)
-        self._scratch = set(scratch)
-
-    def owns(self, rel: str) -> bool:
-        return owned(rel, self._paths, self._scratch)
 
     def record(self, *rels: str) -> None:
         """Record keys before writing them; a key already there that is not ours is refused."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.chain import Toolkit, build_chain
+from pipeline.checksums import sha256_file
 from pipeline.engines.chunk import BatchTask
 from pipeline.engines.journal import WORK_DIR, Journal
 from pipeline.engines.local import count_row_tokens, run_local
@@ -32,7 +33,7 @@ from pipeline.shards.format import (
     SourceEntry,
     SplitInfo,
 )
-from pipeline.shards.writer import finalize_split, sha256_file, split_files, write_dataset_dict, write_manifest
+from pipeline.shards.writer import finalize_split, split_files, write_dataset_dict, write_manifest
 from pipeline.stages.ingest import InputPath, detect_formats, find_inputs
 from pipeline.stages.mixture import Mixture, all_inputs, find_sources
 from pipeline.stages.remote import RemoteFile

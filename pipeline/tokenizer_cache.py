@@ -17,6 +17,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from pipeline.checksums import sha256_file
 from pipeline.saved_tokenizer import SavedTokenizer
 
 CACHE_FORMAT = 2
@@ -86,12 +87,4 @@ def remember(directory: Path, tokenizer, fingerprint: str) -> None:
 
 def _contents(folder: Path) -> dict[str, str]:
     """Every file under `folder` by its relative name, with the sha256 of its bytes."""
-    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -10,6 +10,7 @@ import datasets
 import pytest
 
 import pipeline.engines.local as local_engine
+from pipeline.checksums import sha256_file
 from pipeline.engines.chunk import ChunkFiles
 import pipeline.stages.ingest as ingest
 import pipeline.stages.render as render_module
@@ -17,7 +18,6 @@ import pipeline.workers as workers_module
 from pipeline.errors import PipelineError
 from pipeline.outputs import claim
 from pipeline.run import preprocess
-from pipeline.shards.writer import sha256_file
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, demo_tokenizer, real_tokenizer, shared_path
 

@@ -27,10 +27,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from pipeline.checksums import sha256_file
 from pipeline.encoders.hf import component_json
 from pipeline.shards.format import IGNORE_INDEX, Manifest
 from pipeline.shards.reader import RowSample, Shards, iter_batches, open_shards, row_arrays
-from pipeline.shards.writer import sha256_file
 from pipeline.tokenizer import load_saved_tokenizer, special_token_ids
 from schemas.check_config import CheckConfig
 from schemas.config import MaskConfig, TruncationConfig

@@ -26,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import __version__
+from pipeline.checksums import sha256_file
 from pipeline.errors import InputError
 from pipeline.outputs import claim, write_atomic
 from pipeline.shards.format import ATTENTION_MASK, IGNORE_INDEX, MANIFEST, ShardInfo, SplitInfo, schema_of
 from pipeline.shards.reader import Shards, iter_batches, open_shards, row_arrays
-from pipeline.shards.writer import (SampleTable, ShardWriter, finalize_split, sha256_file, split_files,
+from pipeline.shards.writer import (SampleTable, ShardWriter, finalize_split, split_files,
                                     write_dataset_dict)
 from schemas.consumers import Consumer
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.chain import Toolkit, build_chain
+from pipeline.checksums import sha256_file
 from pipeline.errors import RowError
 from pipeline.outputs import write_atomic
 from pipeline.shards.format import IGNORE_INDEX
-from pipeline.shards.writer import Sample, SampleTable, ShardWriter, sha256_file
+from pipeline.shards.writer import Sample, SampleTable, ShardWriter
 from pipeline.stages.ingest import RawRecord
 from pipeline.stages.split import SPLITS
 from pipeline.stats import Stats

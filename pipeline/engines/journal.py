@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.checksums import sha256_file
 from pipeline.errors import PipelineError
 from pipeline.outputs import OwnedDir, write_atomic
-from pipeline.shards.writer import sha256_file
 
 WORK_DIR = ".work"
 

@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ValidationError
 
+from pipeline.checksums import sha256_file
 from pipeline.errors import InputError
 from pipeline.outputs import LEDGER, write_atomic
 from pipeline.shards.arrays import numeric_array, numpy_view
 from pipeline.shards.format import IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
-from pipeline.shards.writer import sha256_file
 from pipeline.storage import is_url, open_store
 from schemas.loading import problems
 

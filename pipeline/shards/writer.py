@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline.checksums import sha256_file
 from pipeline.outputs import write_atomic
 from pipeline.shards.arrays import numeric_array, string_array
 from pipeline.shards.format import FEATURES, IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
@@ -30,14 +31,6 @@ class Sample:
     id: str
     source: str
     row: int
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ import json
 
 import datasets
 
+from pipeline.checksums import sha256_file
 from pipeline.run import preprocess
 from pipeline.shards.format import MANIFEST, Manifest
-from pipeline.shards.writer import SampleTable, ShardWriter, sha256_file
+from pipeline.shards.writer import SampleTable, ShardWriter
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER
 from tests.shards.fake_output import sample, write_output
