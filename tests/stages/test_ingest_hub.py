@@ -76,3 +76,36 @@ def test_a_hub_dataset_missing_from_the_offline_cache_or_without_a_train_split_i
     cache_repo(hub_cache, "org/evalonly", {"data/dev-0.jsonl": b'{"messages": []}\n'})
     with pytest.raises(InputError, match=r"hf://datasets/org/evalonly: no 'train' split \(it has validation\)"):
         resolve_inputs(["hf://datasets/org/evalonly"])
+
+
+TWO_CONFIGS = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*
+- config_name: zh
+  data_files:
+  - split: train
+    path: zh/train-*
+  - split: validation
+    path: zh/dev-*
+---
+"""
+
+
+def test_a_hub_name_chooses_another_config_or_split(tmp_path, hub_cache):
+    files = {"README.md": TWO_CONFIGS.encode(), "data/train-0.jsonl": b'{"messages": []}\n',
+             "zh/train-0.jsonl": b'{"messages": []}\n', "zh/dev-0.jsonl": b'{"messages": []}\n'}
+    cache_repo(hub_cache, "org/multi", files)
+    base = f"hf://datasets/org/multi@{COMMIT}"
+    assert [str(f) for f in resolve_inputs(["hf://datasets/org/multi"])] == [f"{base}/data/train-0.jsonl"]
+    assert [str(f) for f in resolve_inputs(["hf://datasets/org/multi?name=zh"])] == [f"{base}/zh/train-0.jsonl"]
+    assert [str(f) for f in resolve_inputs(["hf://datasets/org/multi?name=zh&split=validation"])] == [
+        f"{base}/zh/dev-0.jsonl"]
+    with pytest.raises(InputError, match=r"no 'validation' split \(it has train\)"):
+        resolve_inputs(["hf://datasets/org/multi?split=validation"])
+    with pytest.raises(InputError, match=r"unknown option subset \(a hub name takes \?name=CONFIG&split=SPLIT\)"):
+        resolve_inputs(["hf://datasets/org/multi?subset=zh"])
+    with pytest.raises(InputError, match=r"empty or repeated option split"):
+        resolve_inputs(["hf://datasets/org/multi?split=train&split=test"])
