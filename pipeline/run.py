@@ -7,10 +7,11 @@ chunk is recorded in a journal (`DIR/.work/`) that an interrupted run resumes fr
 """
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from pipeline.checksums import sha256_file
 from pipeline.engines.chunk import BatchTask
 from pipeline.engines.journal import WORK_DIR, Journal
 from pipeline.engines.local import count_row_tokens, run_local
-from pipeline.engines.plan import input_items
-from pipeline.errors import ConfigError, InputError, PipelineError
+from pipeline.engines.plan import input_items, plan_chunks, plan_drawn_chunks
+from pipeline.errors import InputError, PipelineError
 from pipeline.outputs import OwnedDir, claim, write_atomic
 from pipeline.shards.format import (
     MANIFEST,
@@ -54,8 +55,6 @@ def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None =
     engine wrote its journal. `ray_address`: the Ray cluster to join (`--engine ray`; default: `RAY_ADDRESS`, else a
     new local one). `on_journal` is called each time a chunk has been journaled (to copy the journal elsewhere)."""
     sources = find_sources(config.sources)
-    if sources and config.output.engine == "ray":
-        raise ConfigError(["sources: the ray engine reads `inputs:` only for now; run a mixture with --engine local"])
     found = all_inputs(sources) if sources else find_inputs(config.inputs, config.source.storage_options)
     owned = claim(out, "shards", inputs=[*found.local, *_local_paths(config)], writes=OUTPUT_PATHS)
     mixture = Mixture.plan(sources, config.mixture) if sources else None
@@ -66,19 +65,22 @@ def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None =
         task = BatchTask(build_chain(config, toolkit)) if config.output.engine == "local" else None
     summary = tokenizer_summary(toolkit.tokenizer, toolkit.template)
     journal = Journal(owned, _run_key(config, inputs, summary))
+    rows_per_shard = config.output.rows_per_shard
     if config.output.engine == "ray":
-        from pipeline.engines.ray import run_ray
+        from pipeline.engines import ray as ray_engine
 
-        receipts = run_ray(config, formats, journal.work, journal.finished, address=ray_address)
+        with ray_engine.connected(ray_address):
+            if mixture:
+                mixture = mixture.counted(functools.partial(ray_engine.count_row_tokens, config, formats, journal.work))
+            chunks = (plan_drawn_chunks(mixture, rows_per_shard) if mixture
+                      else plan_chunks(formats, config.source, rows_per_shard))
+            _journal(journal, ray_engine.run_ray(config, chunks, formats, journal.work, journal.finished), on_journal)
     else:
         if mixture:
-            mixture = mixture.counted(lambda items: count_row_tokens(config, task, items))
+            mixture = mixture.counted(lambda first: count_row_tokens(config, task, first.records()))
         items = mixture.records() if mixture else input_items(formats, config.source,
                                                               by_workers=config.output.workers > 1)
-        receipts = run_local(config, task, items, journal.work, journal.finished)
-    for index, receipt in receipts:
-        journal.record(index, receipt)
-        on_journal()
+        _journal(journal, run_local(config, task, items, journal.work, journal.finished), on_journal)
     stats = Stats()
     shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
     for receipt in journal.receipts():
@@ -89,6 +91,13 @@ def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None =
         raise PipelineError(f"internal accounting error: {stats.to_json()}")
     entries = mixture.entries(stats.files) if mixture else None
     return _finalize(owned, journal.work, config, toolkit, inputs, summary, stats, shards, entries)
+
+
+def _journal(journal: Journal, receipts: Iterable[tuple[int, dict[str, Any]]], on_journal: Callable[[], None]) -> None:
+    """Journal each chunk's receipt as the engine finishes it."""
+    for index, receipt in receipts:
+        journal.record(index, receipt)
+        on_journal()
 
 
 def _run_key(config: PreprocessConfig, inputs: list[dict[str, Any]], summary: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -181,8 +182,11 @@ class PlannedSource:
         return read_records(self.formats, self.source.spec)
 
 
-TokenCount = Callable[[Iterable[tuple[Drawn, str]]], Iterable[int]]
-"""The tokens each drawn record is written with (0 when the chain does not write it), in order."""
+TokenCount = Callable[["Mixture"], Iterable[int]]
+"""The tokens each record of a mixture's first pass (`Mixture.first_pass`) is written with (0 when the chain does not
+write it), in `records` order."""
+
+T = TypeVar("T")
 
 
 class Mixture:
@@ -210,13 +214,16 @@ class Mixture:
                                           share if share is not None else rows_to_draw(source.spec, rows), config.seed)
                     for (source, formats, rows), share in zip(counted, shares)], config.seed)
 
+    def first_pass(self) -> "Mixture":
+        """One whole pass over every source: what the counting pass of a mixture of tokens runs."""
+        return Mixture([dataclasses.replace(p, passes=1, part=None, token_share=None) for p in self.planned],
+                       self.seed)
+
     def counted(self, count: TokenCount) -> "Mixture":
-        """The mixture with its token shares drawn, from `count` run on one pass of every source; a mixture of rows
-        as it is."""
+        """The mixture with its token shares drawn, from `count` run on its first pass; a mixture of rows as it is."""
         if self.token_shares is None:
             return self
-        first_passes = ((Drawn(item, p.source.index, 1), fmt) for p in self.planned for item, fmt in p.records())
-        tokens = np.fromiter(count(first_passes), dtype=np.int64, count=sum(p.rows for p in self.planned))
+        tokens = np.fromiter(count(self.first_pass()), dtype=np.int64, count=sum(p.rows for p in self.planned))
         ends = np.cumsum([p.rows for p in self.planned])
         return Mixture([p.of_tokens(own, share, self.seed) for p, own, share in
                         zip(self.planned, np.split(tokens, ends[:-1]), self.token_shares)], self.seed)
@@ -228,17 +235,22 @@ class Mixture:
 
     def records(self) -> Iterator[tuple[Drawn, str]]:
         """The drawn records with their file's format, source after source: whole passes, then the seeded part."""
+        return ((Drawn(item, source, draw), fmt) for (item, fmt), source, draw in self.draws(PlannedSource.records))
+
+    def draws(self, one_pass: Callable[[PlannedSource], Iterable[T]]) -> Iterator[tuple[T, int, int]]:
+        """`(item, source, draw)` of every draw, in order, where `one_pass` gives one pass over a source's records
+        (the records themselves, or where they are in its files: the Ray engine's planner)."""
         if self.token_shares is not None:
             raise ValueError("a mixture of tokens draws once its tokens are counted (Mixture.counted)")
         for p in self.planned:
             index = p.source.index
             for draw in range(1, p.passes + 1):
-                for item, fmt in p.records():
-                    yield Drawn(item, index, draw), fmt
+                for item in one_pass(p):
+                    yield item, index, draw
             if p.part is not None:
-                for position, (item, fmt) in enumerate(p.records()):
+                for position, item in enumerate(one_pass(p)):
                     if p.part[position]:
-                        yield Drawn(item, index, p.passes + 1), fmt
+                        yield item, index, p.passes + 1
 
     def entries(self, files: Mapping[str, Counter[str]]) -> list[SourceEntry]:
         """The manifest's `sources` list from the run's counts per input file (`Stats.files`)."""

@@ -1,5 +1,5 @@
 """Planned chunks read on their own give exactly the records the local engine's streaming cut gives, whatever the
-container, and a chunk may span files."""
+container, and a chunk may span files; so do the chunks of a run of `sources:`, over its drawn records."""
 from __future__ import annotations
 
 import gzip
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.engines.plan import Chunk, plan_chunks, read_chunk
+from pipeline.engines.plan import Chunk, plan_chunks, plan_drawn_chunks, read_chunk
 from pipeline.stages.ingest import RawRecord, detect_formats, find_inputs, read_records
+from pipeline.stages.mixture import Mixture, find_sources
+from schemas.mixture import MixtureConfig, MixtureSource
 from schemas.sources import SourceConfig
 from tests.containers import CONTAINERS, LIMIT_ROWS, SOURCE, chat, write_records
 from tests.inputs import chat_records, convert, write_jsonl
@@ -33,7 +35,7 @@ def _assert_same_chunks(files, source, size):
     for chunk, want in zip(chunks, expected):
         again = Chunk.from_json(chunk.to_json())  # as a worker receives it
         assert again == chunk
-        assert [_key(i) for i in read_chunk(again, source, {str(p): p for p in files})] == [_key(i) for i in want]
+        assert [_key(i) for i in read_chunk(again, [source], {str(p): p for p in files})] == [_key(i) for i in want]
     return chunks
 
 
@@ -91,3 +93,66 @@ def test_remote_files_are_cut_as_streamed(tmp_path, s3_env):
     fsspec.filesystem("s3").put(str(tmp_path / "chats.jsonl"), f"{s3_env}/in/chats.jsonl")
     files = detect_formats(find_inputs([f"s3://{s3_env}/in/"]).files, SOURCE)
     _assert_same_chunks(files, SOURCE, 2)
+
+
+# --- runs of `sources:` -----------------------------------------------------------------------------------------------
+def _mixture_files(tmp_path) -> list[dict]:
+    """Three sources: JSON Lines (a `.gz` beside it, and a bad line), a CSV and a JSON array."""
+    lines = tmp_path / "lines"
+    lines.mkdir()
+    (lines / "a.jsonl").write_text("\n".join([chat(answer=f"a{k}") for k in range(5)] + ["{broken"]) + "\n",
+                                   encoding="utf-8")
+    with gzip.open(lines / "b.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(chat(answer=f"gz {k}") for k in range(3)) + "\n")
+    csv_path = tmp_path / "qa.csv"
+    csv_path.write_text("system,question,chosen\n" + "".join(f',"q{k}\nmore",a{k}\n' for k in range(6)),
+                        encoding="utf-8")
+    array = write_records(tmp_path, "array", [chat(answer=f"array {k}") for k in range(4)], "json")
+    return [{"path": str(lines)}, {"path": str(csv_path)}, {"path": str(array)}]
+
+
+def _drawn_key(item):
+    drawn, fmt = item
+    return drawn.source, drawn.draw, *_key((drawn.record, fmt))
+
+
+def _assert_same_drawn_chunks(mixture: Mixture, size: int) -> list[Chunk]:
+    """The planned chunks, read on their own, give `Mixture.records` cut in runs of `size`."""
+    drawn = [_drawn_key(item) for item in mixture.records()]
+    chunks = plan_drawn_chunks(mixture, size)
+    assert [c.rows for c in chunks] == [len(drawn[k:k + size]) for k in range(0, len(drawn), size)]
+    settings = [p.source.spec for p in mixture.planned]
+    paths = {str(path): path for path in mixture.formats}
+    read = [_drawn_key(item) for chunk in chunks for item in read_chunk(Chunk.from_json(chunk.to_json()), settings, paths)]
+    assert read == drawn
+    return chunks
+
+
+@pytest.mark.parametrize("size", [1, 4, 100])
+@pytest.mark.parametrize("rules, mixture", [
+    ([{"epochs": 1.5}, {"max_rows": 4}, {"epochs": 2.5}], {}),
+    ([{"weight": 0.5}, {"weight": 0.2}, {"weight": 0.3}], {"total_rows": 47, "seed": 5}),
+])
+def test_drawn_chunks_read_on_their_own_match_the_drawn_records(tmp_path, size, rules, mixture):
+    specs = [MixtureSource(**spec, **rule) for spec, rule in zip(_mixture_files(tmp_path), rules)]
+    plan = Mixture.plan(find_sources(specs), MixtureConfig(**mixture))
+    assert all(p.part is not None for p in plan.planned)  # every source has a seeded part
+    chunks = _assert_same_drawn_chunks(plan, size)
+    spans = [span for chunk in chunks for span in chunk.spans]
+    assert {span.draw for span in spans if span.source == 2} == set(range(1, plan.planned[2].passes + 2))
+    if size > 1:
+        assert any(span.picks for span in spans), "no span picks records out of a file"
+
+
+def test_drawn_chunks_of_a_mixture_of_tokens_match_its_drawn_records(tmp_path):
+    specs = [MixtureSource(**spec, weight=1) for spec in _mixture_files(tmp_path)]
+    plan = Mixture.plan(find_sources(specs), MixtureConfig(total_tokens=200))
+
+    def count(first_pass):  # a stand-in for the chain: rows write 1 to 7 tokens, the bad line none
+        return ((drawn.record.row % 7 + 1) * isinstance(drawn.record, RawRecord) for drawn, _ in first_pass.records())
+
+    counted = plan.counted(count)
+    assert all(p.passes >= 2 and p.part is not None for p in counted.planned)  # repeats, then a seeded part
+    _assert_same_drawn_chunks(counted, 5)
+    first_pass = _assert_same_drawn_chunks(plan.first_pass(), 5)  # what the Ray engine's counting pass reads
+    assert {span.draw for chunk in first_pass for span in chunk.spans} == {1}

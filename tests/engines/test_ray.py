@@ -83,8 +83,8 @@ def test_the_ray_engine_writes_the_local_engines_bytes_on_real_corpora(tmp_path)
 class DiesMidChunk(ChunkWorker):
     """Kills its own process once, in the middle of chunk 1, after a batch of it has been written."""
 
-    def __init__(self, config_json: str, paths, work: str, cwd: str):
-        super().__init__(config_json, paths, work, cwd)
+    def __init__(self, config, paths, work: str, cwd: str):
+        super().__init__(config, paths, work, cwd)
         self.marker = Path(work).parent.parent / "killed"
         run = self.run
 
@@ -141,3 +141,39 @@ def test_a_killed_driver_resumes_to_the_same_bytes(tmp_path, local_ray, monkeypa
     manifest = _run("ray", out, **settings, **{"output.workers": 2})
     assert planned == [manifest["accounting"]["read"] - journaled]  # the journaled chunks were not run again
     _assert_same_output(tmp_path / "local", out)
+
+
+def _sources(tmp_path: Path, rules: list[dict]) -> list[dict]:
+    """Three sources with their own settings: a CSV with its own column map, ShareGPT JSON Lines with a bad line and
+    a default system message, and OpenAI JSON Lines; each with its rule."""
+    csv = tmp_path / "qa.csv"
+    csv.write_text("prompt,answer\n" + "".join(f'"Q{k}\nand more?",A{k}.\n' for k in range(4)), encoding="utf-8")
+    sharegpt = tmp_path / "sg.jsonl"
+    sharegpt.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": f"Hi {k}"},
+                                                              {"from": "gpt", "value": f"Hello {k}"}]}) + "\n"
+                                for k in range(5)) + "{broken\n", encoding="utf-8")
+    openai = tmp_path / "oa.jsonl"
+    openai.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {k} + 1?"},
+                                                       {"role": "assistant", "content": f"It is {k + 1}."}]}) + "\n"
+                              for k in range(9)), encoding="utf-8")
+    specs = [{"path": str(csv), "csv_map": {"user": "prompt", "assistant": "answer"}},
+             {"path": str(sharegpt), "format": "sharegpt", "default_system": "Be kind."},
+             {"path": str(openai)}]
+    return [{**spec, **rule} for spec, rule in zip(specs, rules)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rules, mixture", [
+    ([{"epochs": 2.5}, {"max_rows": 4}, {"epochs": 0.5}], None),
+    ([{"weight": 0.2}, {"weight": 0.5}, {"weight": 0.3}], {"total_rows": 31, "seed": 3}),
+    ([{"weight": 0.3}, {"weight": 0.3}, {"weight": 0.4}], {"total_tokens": 900, "seed": 7}),
+], ids=["epochs-and-max-rows", "row-weights", "token-weights"])
+def test_a_mixture_on_ray_writes_the_local_engines_bytes(tmp_path, rules, mixture):
+    settings = {"sources": _sources(tmp_path, rules), **({"mixture": mixture} if mixture else {}), **DEMO,
+                "output.rows_per_shard": 7, "output.batch_size": 3}
+    manifests = {engine: preprocess(load_config(None, {**settings, "output.engine": engine, "output.workers": 2}),
+                                    tmp_path / engine) for engine in ("local", "ray")}
+    local = manifests["local"]
+    assert len(local["splits"]["train"]["shards"]) > 2 and local["accounting"]["rejected"] >= 1
+    assert max(entry["drawn"] / entry["read"] for entry in local["sources"]) > 1  # a source is repeated
+    _assert_same_output(tmp_path / "local", tmp_path / "ray")

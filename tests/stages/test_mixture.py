@@ -97,8 +97,8 @@ def _token_plan(tmp_path: Path, tokens: list[list[int]], total_tokens: int, **mi
              for k, rows in enumerate(tokens)]
     plan = Mixture.plan(find_sources(specs), MixtureConfig(total_tokens=total_tokens, **mixture))
 
-    def count(items):
-        return (tokens[drawn.source][drawn.record.row - 1] for drawn, _ in items)
+    def count(first_pass):
+        return (tokens[drawn.source][drawn.record.row - 1] for drawn, _ in first_pass.records())
 
     return plan.counted(count)
 
