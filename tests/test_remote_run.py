@@ -16,7 +16,7 @@ from pipeline.errors import OutputError
 from pipeline.outputs import LEDGER
 from pipeline.remote_run import preprocess_to_store
 from pipeline.run import preprocess
-from pipeline.storage import open_store
+from pipeline.storage import Store, open_store
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, REPO
 from tests.test_run import Counted
@@ -74,6 +74,33 @@ def test_shards_rejects_and_manifest_on_s3_are_the_bytes_of_a_local_run(s3_env, 
     ledger = json.loads(open_store(url).read(LEDGER))
     first = f"train/data-00000-of-{len(manifest['splits']['train']['shards']):05d}.arrow"
     assert ledger["kind"] == "shards" and first in ledger["paths"] and ledger["scratch"] == []
+
+
+def test_each_shard_is_uploaded_once_into_the_journal_and_published_by_a_server_side_copy(s3_env, chats, local_output,
+                                                                                          monkeypatch):
+    uploaded, copied = [], []
+    upload, copy = Store.upload, getattr(Store, "copy", None)
+
+    def counted_upload(self, files):
+        files = list(files)
+        uploaded.extend(rel for _, rel in files)
+        upload(self, files)
+
+    def counted_copy(self, pairs):
+        pairs = list(pairs)
+        copied.extend(pairs)
+        copy(self, pairs)
+
+    monkeypatch.setattr(Store, "upload", counted_upload)
+    monkeypatch.setattr(Store, "copy", counted_copy, raising=False)
+    url = f"s3://{s3_env}/out"
+    manifest = preprocess_to_store(_config(chats), url)
+    shards = sorted(f"{split}/{shard['file']}" for split, info in manifest["splits"].items() for shard in info["shards"])
+    assert sorted(dest for _, dest in copied) == shards
+    assert all(source.startswith(".work/chunk-") and source.endswith(".arrow") for source, _ in copied)
+    arrows = [rel for rel in uploaded if rel.endswith(".arrow")]
+    assert sorted(arrows) == sorted(source for source, _ in copied)  # one PUT per shard, into the journal
+    _assert_same_output(local_output, url)
 
 
 def test_a_rerun_with_fewer_shards_removes_the_ones_it_no_longer_writes(s3_env, chats, tmp_path):
