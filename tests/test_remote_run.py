@@ -204,3 +204,31 @@ def test_the_command_line_writes_to_an_s3_prefix_and_checks_and_shows_it_there(s
     assert statuses["checksums"] == "pass" and statuses["accounting"] == "pass", checked.output
     shown = CliRunner().invoke(main, ["show", url, "--no-color"])
     assert shown.exit_code == 0 and "[[" in shown.output, shown.output
+
+
+def test_the_commands_that_read_an_output_take_storage_options_instead_of_the_environment(s3_env, chats, tmp_path,
+                                                                                          monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    url = f"s3://{s3_env}/opts"
+    preprocess_to_store(_config(chats), url)
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
+    options = ["--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing",
+               "--storage-option", "secret=testing"]
+    runs = {
+        "check": ["check", url, "--json"],
+        "show": ["show", url, "--no-color"],
+        "export": ["export", url, "--for", "trl", "--out", str(tmp_path / "trl")],
+        "diff": ["diff", url, url, "--json"],
+    }
+    for name, args in runs.items():
+        result = CliRunner().invoke(main, [*args, *options])
+        assert result.exit_code == 0, (name, result.output)
+    assert (tmp_path / "trl" / "train").is_dir()
+    bad = CliRunner().invoke(main, ["check", url, "--storage-option", "endpoint_url"])
+    assert bad.exit_code == 2 and "--storage-option: 'endpoint_url' is not KEY=VALUE" in bad.output, bad.output

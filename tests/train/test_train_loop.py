@@ -186,3 +186,22 @@ def test_trains_on_the_demo_shards_from_object_storage(s3_env, tmp_path, monkeyp
     ckpt = torch.load(sorted((out / "checkpoints").iterdir())[-1], weights_only=False)
     assert ckpt["data"]["path"] == url
     assert json.loads((out / "config.json").read_text())["data"] == url
+
+
+def test_trains_from_object_storage_with_the_data_storage_options_and_no_aws_variables(shards, s3_env, tmp_path,
+                                                                                       monkeypatch):
+    pytest.importorskip("s3fs")
+    import os
+
+    from pipeline.storage import open_store
+
+    url = f"s3://{s3_env}/shards"
+    open_store(url).upload((p, p.relative_to(shards).as_posix()) for p in sorted(shards.rglob("*")) if p.is_file())
+    options = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"], "key": "testing", "secret": "s3cr3t-value"}
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    run(url, out, max_steps=2, data_storage_options={**options, "secret": "testing"})
+    assert len(losses(out)) == 2
+    assert "data_storage_options" not in (out / "config.json").read_text()
