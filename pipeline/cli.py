@@ -106,6 +106,33 @@ def _csv_map_option(ctx: click.Context, param: click.Parameter, value: str | Non
         raise click.BadParameter("; ".join(e.problems)) from None
 
 
+def _storage_option_pairs(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+                          ) -> dict[str, Any] | None:
+    """KEY=VALUE pairs to a dict; a VALUE that is JSON (true, 4, "0123", {"region_name": "eu-west-1"}) is read as
+    such, any other is a string."""
+    import json
+
+    options = {}
+    for pair in value:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--storage-option")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    return options or None
+
+
+def _storage_options(name: str = "storage_options") -> Callable[[Callable], Callable]:
+    """`--storage-option KEY=VALUE`, repeatable: how the commands that read an output reach one in object storage
+    (the fsspec backend's keyword arguments), arriving as the dict `name` (None when not given)."""
+    return click.option("--storage-option", name, multiple=True, callback=_storage_option_pairs,
+                        metavar="KEY=VALUE", help="For an s3:// or gs:// output: an option of its storage backend "
+                        "(s3fs: endpoint_url, key, secret, ...), repeatable; without it, the environment's settings "
+                        "[default: none]")
+
+
 def _source_options(command: Callable) -> Callable:
     """How the input files are read: the options `validate` and `preprocess` share."""
     options = [
@@ -300,15 +327,16 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every check.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report here.")
+@_storage_options()
 @click.pass_context
 @_exit_codes()
-def check_command(ctx, directory, config_path, as_json, report_path) -> None:
+def check_command(ctx, directory, config_path, as_json, report_path, storage_options) -> None:
     import json as json_
 
     from pipeline.commands.check import run_checks
     from schemas.check_config import load_check_config
 
-    report = run_checks(directory, load_check_config(config_path))
+    report = run_checks(directory, load_check_config(config_path), storage_options=storage_options)
     if report_path is not None:
         from pipeline.commands.report import write_report
 
@@ -338,8 +366,9 @@ Examples:
 @click.option("--split", help="Split to read [default: train].")
 @click.option("--ids", is_flag=True, help="Also print a table of position, id, label and token.")
 @click.option("--color/--no-color", default=None, help="Colour trained tokens [default: when stdout is a terminal].")
+@_storage_options()
 @_exit_codes()
-def show_command(directory, index, row_id, split, ids, color) -> None:
+def show_command(directory, index, row_id, split, ids, color, storage_options) -> None:
     import sys
 
     from pipeline.commands.show import show
@@ -348,7 +377,8 @@ def show_command(directory, index, row_id, split, ids, color) -> None:
         raise click.UsageError("give --index or --id, not both")
     color = sys.stdout.isatty() if color is None else color
     highlight = (lambda text: click.style(text, fg="green", bold=True)) if color else None
-    click.echo(show(directory, split=split, index=index, row_id=row_id, highlight=highlight, ids=ids), color=color)
+    click.echo(show(directory, split=split, index=index, row_id=row_id, highlight=highlight, ids=ids,
+                    storage_options=storage_options), color=color)
 
 
 # --- diff ----------------------------------------------------------------------------------------------------------
@@ -358,7 +388,8 @@ template, encoder, config keys, tool version, rejected and filtered rows per rea
 changed rows are shown decoded around their first difference, with each build's own tokenizer.
 
 \b
-OLD, NEW: --out directories of `preprocess`. Both are streamed: memory stays flat on large builds.
+OLD, NEW: --out directories of `preprocess`, or their s3:// URLs. Both are streamed: memory stays flat on large
+builds.
 Thresholds: a value below 1 is a fraction (0.05: 5% of rows, or of trained tokens), 1 or more a count.
 Exit status: 0 within the thresholds, 1 over one, 2 OLD or NEW is not a usable output or an option is invalid.
 
@@ -371,8 +402,8 @@ Examples:
 
 
 @main.command("diff", help=_DIFF_HELP)
-@click.argument("old", metavar="OLD", type=click.Path(path_type=Path))
-@click.argument("new", metavar="NEW", type=click.Path(path_type=Path))
+@click.argument("old", metavar="OLD", type=click.Path())
+@click.argument("new", metavar="NEW", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (added, removed, changed, details).")
 @click.option("--max-changed-rows", type=click.FloatRange(min=0), metavar="F",
               help="Exit 1 when more rows than this are added, removed or changed (below 1: a fraction).")
@@ -380,15 +411,16 @@ Examples:
               help="Exit 1 when more trained tokens than this are in rows that differ (below 1: a fraction).")
 @click.option("--show", default=3, show_default=True, type=click.IntRange(min=0), metavar="N",
               help="Changed rows to show decoded around their first difference.")
+@_storage_options()
 @click.pass_context
 @_exit_codes()
-def diff_command(ctx, old, new, as_json, max_changed_rows, max_changed_trained_tokens, show) -> None:
+def diff_command(ctx, old, new, as_json, max_changed_rows, max_changed_trained_tokens, show, storage_options) -> None:
     import json as json_
 
     from pipeline.commands.diff import diff_builds
 
     report = diff_builds(old, new, show=show, max_changed_rows=max_changed_rows,
-                         max_changed_trained_tokens=max_changed_trained_tokens)
+                         max_changed_trained_tokens=max_changed_trained_tokens, storage_options=storage_options)
     click.echo(json_.dumps(report.to_json(), ensure_ascii=False) if as_json else report.to_markdown())
     ctx.exit(0 if report.passed else 1)
 
@@ -400,8 +432,9 @@ attention_mask, labels, splits train/validation; axolotl: the same columns, spli
 splits train/validation). The tokenizer is copied beside them. The README gives each trainer's recipe.
 
 \b
-DIR: the --out directory of `preprocess`; it is only read. --out must be new, empty or an earlier export, apart
-from DIR. Exit status: 0 done, 1 the copy failed midway, 2 DIR is not a valid output or --out cannot be used.
+DIR: the --out directory of `preprocess`, or its s3:// URL; it is only read. --out must be new, empty or an earlier
+export, apart from DIR. Exit status: 0 done, 1 the copy failed midway, 2 DIR is not a valid output or --out cannot be
+used.
 
 \b
 Examples:
@@ -412,15 +445,16 @@ Examples:
 
 
 @main.command("export", help=_EXPORT_HELP)
-@click.argument("directory", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("directory", metavar="DIR", type=click.Path())
 @click.option("--for", "consumer", required=True, type=click.Choice(get_args(Consumer)),
               help="The trainer whose layout to write.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@_storage_options()
 @_exit_codes()
-def export_command(directory, consumer, out) -> None:
+def export_command(directory, consumer, out, storage_options) -> None:
     from pipeline.commands.export import export
 
-    info = export(directory, consumer, out)
+    info = export(directory, consumer, out, storage_options=storage_options)
     for name, split in info["splits"].items():
         click.echo(f"  {name} (from {split['from']}): {split['rows']} rows, {split['tokens']} tokens")
     click.echo(f"wrote {out} for {consumer}: columns {', '.join(info['columns'])}")
@@ -428,7 +462,8 @@ def export_command(directory, consumer, out) -> None:
 
 # --- train ---------------------------------------------------------------------------------------------------------
 _TRAIN_EXAMPLES = """Train a causal LM on the shards written by `preprocess` (reads only the shards: no tokenizer, no
-template). Flags override the YAML config; every flag has a config key of the same name with '_' for '-'.
+template). Flags override the YAML config; every flag has a config key of the same name with '_' for '-'
+(--storage-option: data_storage_options).
 
 \b
 --out must be new, empty or a run directory of this trainer, and apart from --data and --model.
@@ -457,6 +492,7 @@ def _flag(name: str, type_=None, help_: str = "", **kw):
 @main.command("train", help=_TRAIN_EXAMPLES)
 @_flag("--config", click.Path(dir_okay=False, path_type=str), "YAML config (keys as in schemas/train_config.py).")
 @_flag("--data", click.Path(path_type=str), "Shard directory written by `preprocess`.")
+@_storage_options("data_storage_options")
 @_flag("--out", click.Path(path_type=str), "Run directory (metrics.jsonl, loss.png, checkpoints/, final/).")
 @_flag("--model", str, "'tiny' (random init, sized to the shards) or a local pretrained model directory.")
 @_flag("--tiny-arch", help_="Tiny model architecture.")

@@ -61,6 +61,13 @@ class Store:
         if pairs:
             self.fs.put([str(local) for local, _ in pairs], [self._key(rel) for _, rel in pairs])
 
+    def copy(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Copy keys to other keys of the store on the server (S3 CopyObject, GCS rewrite): no bytes pass through
+        this machine."""
+        pairs = list(pairs)
+        if pairs:
+            self.fs.copy([self._key(source) for source, _ in pairs], [self._key(dest) for _, dest in pairs])
+
     def download(self, rel: str, local: Path) -> None:
         """Copy key `rel` to `local` through a temp file beside it, renamed into place: several processes may
         fetch the same file at once."""

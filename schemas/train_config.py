@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     # I/O
     data: str | Path = Field(description="shard directory written by `preprocess` (manifest.json, train/, "
                              "tokenizer/), or its object-storage URL (s3://BUCKET/PREFIX), copied down to a cache")
+    # How to reach an object-storage `data` (the fsspec backend's keyword arguments, e.g. s3fs's endpoint_url, key,
+    # secret); none: the environment. Never written to config.json or a checkpoint: it may hold credentials.
+    data_storage_options: dict[str, Any] | None = Field(None, exclude=True)
     out: Path = Field(description="run directory: metrics.jsonl, loss.png, checkpoints/, final/")
     resume: bool = False  # continue from the newest checkpoint in `out`
     allow_schedule_change: bool = False  # let a resumed run change RESUME_SCHEDULE options (noted in metrics.jsonl)

@@ -222,3 +222,20 @@ def test_preprocess_and_check_start_without_torch_and_a_known_tokenizer_without_
     assert "torch" not in first
     heavy = {"torch", "transformers", "pandas"}
     assert not heavy & set(again) and not heavy & set(check)
+
+
+@pytest.mark.parametrize("command, function", [("check", "pipeline.commands.check.run_checks"),
+                                               ("show", "pipeline.commands.show.show")])
+def test_storage_options_are_key_value_pairs_whose_json_values_are_read_as_json(command, function, monkeypatch):
+    seen = {}
+
+    def capture(*args, storage_options, **kw):
+        seen.update(storage_options)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(function, capture)
+    pairs = ["anon=true", "key=0123", "max_concurrency=4", "endpoint_url=http://127.0.0.1:5000", 'token="12"', "e="]
+    result = CliRunner().invoke(main, [command, "s3://b/p", *(a for pair in pairs for a in ("--storage-option", pair))])
+    assert result.exit_code == 2 and "stop here" in result.output, result.output
+    assert seen == {"anon": True, "key": "0123", "max_concurrency": 4, "endpoint_url": "http://127.0.0.1:5000",
+                    "token": "12", "e": ""}

@@ -16,7 +16,7 @@ from pipeline.errors import OutputError
 from pipeline.outputs import LEDGER
 from pipeline.remote_run import preprocess_to_store
 from pipeline.run import preprocess
-from pipeline.storage import open_store
+from pipeline.storage import Store, open_store
 from schemas.config import load_config
 from tests.conftest import DEMO_TOKENIZER, REPO
 from tests.test_run import Counted
@@ -74,6 +74,33 @@ def test_shards_rejects_and_manifest_on_s3_are_the_bytes_of_a_local_run(s3_env, 
     ledger = json.loads(open_store(url).read(LEDGER))
     first = f"train/data-00000-of-{len(manifest['splits']['train']['shards']):05d}.arrow"
     assert ledger["kind"] == "shards" and first in ledger["paths"] and ledger["scratch"] == []
+
+
+def test_each_shard_is_uploaded_once_into_the_journal_and_published_by_a_server_side_copy(s3_env, chats, local_output,
+                                                                                          monkeypatch):
+    uploaded, copied = [], []
+    upload, copy = Store.upload, getattr(Store, "copy", None)
+
+    def counted_upload(self, files):
+        files = list(files)
+        uploaded.extend(rel for _, rel in files)
+        upload(self, files)
+
+    def counted_copy(self, pairs):
+        pairs = list(pairs)
+        copied.extend(pairs)
+        copy(self, pairs)
+
+    monkeypatch.setattr(Store, "upload", counted_upload)
+    monkeypatch.setattr(Store, "copy", counted_copy, raising=False)
+    url = f"s3://{s3_env}/out"
+    manifest = preprocess_to_store(_config(chats), url)
+    shards = sorted(f"{split}/{shard['file']}" for split, info in manifest["splits"].items() for shard in info["shards"])
+    assert sorted(dest for _, dest in copied) == shards
+    assert all(source.startswith(".work/chunk-") and source.endswith(".arrow") for source, _ in copied)
+    arrows = [rel for rel in uploaded if rel.endswith(".arrow")]
+    assert sorted(arrows) == sorted(source for source, _ in copied)  # one PUT per shard, into the journal
+    _assert_same_output(local_output, url)
 
 
 def test_a_rerun_with_fewer_shards_removes_the_ones_it_no_longer_writes(s3_env, chats, tmp_path):
@@ -177,3 +204,31 @@ def test_the_command_line_writes_to_an_s3_prefix_and_checks_and_shows_it_there(s
     assert statuses["checksums"] == "pass" and statuses["accounting"] == "pass", checked.output
     shown = CliRunner().invoke(main, ["show", url, "--no-color"])
     assert shown.exit_code == 0 and "[[" in shown.output, shown.output
+
+
+def test_the_commands_that_read_an_output_take_storage_options_instead_of_the_environment(s3_env, chats, tmp_path,
+                                                                                          monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    url = f"s3://{s3_env}/opts"
+    preprocess_to_store(_config(chats), url)
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
+    options = ["--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=testing",
+               "--storage-option", "secret=testing"]
+    runs = {
+        "check": ["check", url, "--json"],
+        "show": ["show", url, "--no-color"],
+        "export": ["export", url, "--for", "trl", "--out", str(tmp_path / "trl")],
+        "diff": ["diff", url, url, "--json"],
+    }
+    for name, args in runs.items():
+        result = CliRunner().invoke(main, [*args, *options])
+        assert result.exit_code == 0, (name, result.output)
+    assert (tmp_path / "trl" / "train").is_dir()
+    bad = CliRunner().invoke(main, ["check", url, "--storage-option", "endpoint_url"])
+    assert bad.exit_code == 2 and "--storage-option: 'endpoint_url' is not KEY=VALUE" in bad.output, bad.output

@@ -164,9 +164,10 @@ def format_value(value: Any) -> str:
 # --- the output directory -------------------------------------------------------------------------------------------
 
 
-def open_output(path: Path | str) -> Output:
-    """Open the output and its tokenizer; `InputError` (the CLI's exit 2) names what is missing or unreadable."""
-    shards = open_shards(path)
+def open_output(path: Path | str, storage_options: dict[str, Any] | None = None) -> Output:
+    """Open the output (`storage_options`: how to reach one in object storage) and its tokenizer; `InputError` (the
+    CLI's exit 2) names what is missing or unreadable."""
+    shards = open_shards(path, storage_options)
     truncation = shards.config_section("truncation", TruncationConfig)
     mask = shards.config_section("mask", MaskConfig)
     return Output(shards, load_saved_tokenizer(shards.tokenizer_dir), truncation.limit(mask.preset),
@@ -547,9 +548,11 @@ CHECKS = {
 }
 
 
-def run_checks(directory: Path | str, config: CheckConfig = CheckConfig()) -> CheckReport:
-    """Every check on one output directory. Raises `InputError` when it is not a valid output."""
-    output = open_output(directory)
+def run_checks(directory: Path | str, config: CheckConfig = CheckConfig(),
+               storage_options: dict[str, Any] | None = None) -> CheckReport:
+    """Every check on one output directory (`storage_options`: how to reach one in object storage). Raises
+    `InputError` when it is not a valid output."""
+    output = open_output(directory, storage_options)
     scan = scan_shards(output, config)
     results = [
         CheckResult(name, "skip", None, "", "skipped by config") if name in config.skip else check(output, scan, config)

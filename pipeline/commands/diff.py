@@ -410,9 +410,11 @@ def _fetch(shards: Shards, wanted: list[tuple[str, int]]) -> dict[tuple[str, int
 
 # --- the command ----------------------------------------------------------------------------------------------------
 def diff_builds(old_path: Path | str, new_path: Path | str, *, show: int = 3, max_changed_rows: float | None = None,
-                max_changed_trained_tokens: float | None = None, rows_per_bucket: int = ROWS_PER_BUCKET) -> DiffReport:
-    """Compare two `preprocess` outputs; `InputError` (exit 2) when either is not a usable build."""
-    old, new = open_shards(old_path), open_shards(new_path)
+                max_changed_trained_tokens: float | None = None, rows_per_bucket: int = ROWS_PER_BUCKET,
+                storage_options: dict[str, Any] | None = None) -> DiffReport:
+    """Compare two `preprocess` outputs (`storage_options`: how to reach those in object storage); `InputError`
+    (exit 2) when either is not a usable build."""
+    old, new = open_shards(old_path, storage_options), open_shards(new_path, storage_options)
     total = max(sum(s.rows for s in shards.manifest.splits.values()) for shards in (old, new))
     buckets = max(1, math.ceil(total / rows_per_bucket))
     counts = RowCounts()

@@ -58,12 +58,13 @@ LAYOUTS: dict[Consumer, Layout] = {
 }
 
 
-def export(directory: Path | str, consumer: Consumer, out: Path | str) -> dict[str, Any]:
-    """Write the copy of the shards in `directory` that `consumer` loads into `out`; returns what `export.json`
-    says. `InputError` for shards that are not valid or whose files differ from the manifest, `OutputError` for an
-    `out` that may not be written."""
+def export(directory: Path | str, consumer: Consumer, out: Path | str,
+           storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the copy of the shards in `directory` (`storage_options`: how to reach one in object storage) that
+    `consumer` loads into `out`; returns what `export.json` says. `InputError` for shards that are not valid or whose
+    files differ from the manifest, `OutputError` for an `out` that may not be written."""
     layout = LAYOUTS[consumer]
-    shards = open_shards(directory)
+    shards = open_shards(directory, storage_options)
     _refuse_changed_files(shards)
     out = Path(out)
     names = [layout.split_names[split] for split in shards.split_names]
@@ -88,7 +89,7 @@ def export(directory: Path | str, consumer: Consumer, out: Path | str) -> dict[s
     info = {
         "tool": {"name": "chatshard", "version": __version__},
         "consumer": consumer,
-        "source": {"path": str(shards.path), "manifest_sha256": sha256_file(shards.path / MANIFEST)},
+        "source": {"path": shards.where, "manifest_sha256": sha256_file(shards.path / MANIFEST)},
         "columns": list(layout.columns),
         "splits": {name: {"from": split, **splits[name].to_json()} for split, name in zip(shards.split_names, names)},
     }
@@ -103,8 +104,9 @@ def _refuse_changed_files(shards: Shards) -> None:
     for split in shards.split_names:
         for path, entry in shards.files(split):
             if sha256_file(path) != entry.sha256:
-                raise InputError(f"{path}: sha256 differs from {shards.path / MANIFEST}; the shards changed after "
-                                 f"preprocess wrote them (`python -m pipeline check {shards.path}` says more)")
+                raise InputError(f"{shards.shown(path)}: sha256 differs from {shards.shown(shards.path / MANIFEST)}; "
+                                 "the shards changed after preprocess wrote them (`python -m pipeline check "
+                                 f"{shards.where}` says more)")
 
 
 def _copy_file(source: Path, dest: Path, columns: tuple[str, ...]) -> tuple[Path, ShardInfo]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,16 +26,16 @@ def find_row(shards: Shards, *, split: str | None = None, index: int | None = No
     """The row at `index` of `split` (default train), or the row whose `id` is `row_id` (in `split`, or any split)."""
     splits = shards.split_names
     if split is not None and split not in splits:
-        raise OptionError(f"--split: no split {split!r} in {shards.path} (it has: {', '.join(splits) or 'none'})")
+        raise OptionError(f"--split: no split {split!r} in {shards.where} (it has: {', '.join(splits) or 'none'})")
     if row_id is not None:
         for name in [split] if split else splits:
             found = shards.split(name).index_of(row_id)
             if found is not None:
                 return shards.split(name).row(found)
-        raise OptionError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {shards.path}")
+        raise OptionError(f"--id: no row with id {row_id!r} in {split or 'any split'} of {shards.where}")
     split = split or (splits[0] if splits else None)  # train comes first
     if split is None:
-        raise InputError(f"{shards.path} holds no rows")
+        raise InputError(f"{shards.where} holds no rows")
     rows = len(shards.split(split))
     index = 0 if index is None else index
     if not 0 <= index < rows:
@@ -89,9 +90,11 @@ def format_sample(tokenizer, row: RowSample, *, highlight: Callable[[str], str] 
 
 
 def show(directory: Path | str, *, split: str | None = None, index: int | None = None, row_id: str | None = None,
-         highlight: Callable[[str], str] | None = None, ids: bool = False) -> str:
-    """`python -m pipeline show`: one sample of an output directory as text."""
-    shards = open_shards(directory)
+         highlight: Callable[[str], str] | None = None, ids: bool = False,
+         storage_options: dict[str, Any] | None = None) -> str:
+    """`python -m pipeline show`: one sample of an output directory as text (`storage_options`: how to reach one in
+    object storage)."""
+    shards = open_shards(directory, storage_options)
     tokenizer = load_saved_tokenizer(shards.tokenizer_dir)
     return format_sample(tokenizer, find_row(shards, split=split, index=index, row_id=row_id), highlight=highlight,
                          ids=ids)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from filelock import FileLock
 from pydantic import BaseModel, ValidationError
 
 from pipeline.checksums import sha256_file
@@ -27,7 +28,7 @@ from pipeline.errors import InputError
 from pipeline.outputs import LEDGER, write_atomic
 from pipeline.shards.arrays import numeric_array, numpy_view
 from pipeline.shards.format import IGNORE_INDEX, MANIFEST, SCHEMA, Manifest, ShardInfo
-from pipeline.storage import is_url, open_store
+from pipeline.storage import Store, is_url, open_store
 from schemas.loading import problems
 
 COLUMNS = ("input_ids", "labels", "id")  # what a split needs to be read at all
@@ -171,12 +172,23 @@ class Split:
 
 
 class Shards:
-    """A `preprocess` output directory: its validated manifest, its shard files, its splits opened on demand."""
+    """A `preprocess` output directory: its validated manifest, its shard files, its splits opened on demand. `url`:
+    where an output in object storage lives (`path` is then its cached copy), which messages name."""
 
-    def __init__(self, path: Path, manifest: Manifest):
+    def __init__(self, path: Path, manifest: Manifest, url: str | None = None):
         self.path = path
         self.manifest = manifest
+        self.url = url
         self._open: dict[str, Split] = {}
+
+    @property
+    def where(self) -> str:
+        """The output as messages name it: its URL, else its directory."""
+        return self.url or str(self.path)
+
+    def shown(self, file: Path) -> str:
+        """A file of the output as messages name it: under its URL for a copy of an output in object storage."""
+        return f"{self.url}/{file.relative_to(self.path).as_posix()}" if self.url else str(file)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -195,7 +207,7 @@ class Shards:
     def split(self, name: str) -> Split:
         """Split `name`, memory-mapped (opened once)."""
         if name not in self._open:
-            self._open[name] = _open_split(name, [path for path, _ in self.files(name)])
+            self._open[name] = _open_split(name, [path for path, _ in self.files(name)], self.shown)
         return self._open[name]
 
     @property
@@ -214,11 +226,11 @@ class Shards:
         for file, _ in self.files(name):
             try:
                 for batch in iter_batches(file):
-                    offsets, input_ids, labels = _token_arrays(batch, file, columns)
+                    offsets, input_ids, labels = _token_arrays(batch, self.shown(file), columns)
                     yield RowBatch(name, start, batch, offsets, input_ids, labels)
                     start += batch.num_rows
             except (OSError, pa.ArrowInvalid) as e:
-                raise InputError(f"{file}: not a readable Arrow stream: {e}") from None
+                raise InputError(f"{self.shown(file)}: not a readable Arrow stream: {e}") from None
 
     def take(self, name: str, indices: list[int]) -> list[RowSample]:
         """The rows of split `name` at `indices` (in that order), read by streaming: for a few rows of a large split."""
@@ -235,19 +247,25 @@ class Shards:
             return model.model_validate(self.manifest.config.get(key))
         except ValidationError as exc:
             found = "; ".join(f"config.{key}: {problem}" for problem in problems(exc, source=None))
-            raise InputError(f"{self.path / MANIFEST} is not a valid manifest: {found}") from None
+            raise InputError(f"{self.shown(self.path / MANIFEST)} is not a valid manifest: {found}") from None
 
 
-def open_shards(path: Path | str) -> Shards:
+def open_shards(path: Path | str, storage_options: dict[str, Any] | None = None) -> Shards:
     """Open a `preprocess` output directory, or one in object storage (`s3://...`, copied down first: see
-    `fetch`); `InputError` when it is not one or a shard file it lists is missing."""
-    path = fetch(path) if is_url(path) else Path(path)
+    `fetch`; `storage_options`: how to reach it); `InputError` when it is not one or a shard file it lists is
+    missing."""
+    url = None
+    if is_url(path):
+        store = open_store(path, storage_options)
+        url, path = store.url, fetch(store)
+    path = Path(path)
     if not path.is_dir():
         raise InputError(f"{path}: no such shard directory (run `python -m pipeline preprocess` first)")
-    shards = Shards(path, read_manifest(path))
-    missing = [str(file) for name in shards.split_names for file, _ in shards.files(name) if not file.is_file()]
+    shards = Shards(path, read_manifest(path), url)
+    missing = [shards.shown(file) for name in shards.split_names for file, _ in shards.files(name)
+               if not file.is_file()]
     if missing:
-        raise InputError(f"{path}: shard files named in the manifest are missing: {', '.join(missing)}")
+        raise InputError(f"{shards.where}: shard files named in the manifest are missing: {', '.join(missing)}")
     return shards
 
 
@@ -259,12 +277,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chatshard"
 
 
-def fetch(url: str) -> Path:
-    """A local copy of the output at `url` (endpoint and credentials from the environment), in the cache, one folder
-    per URL. Each shard and `rejects.jsonl` is checked against the manifest's sha256 as it arrives, and the manifest
-    is written last, so a copy with a manifest is complete; a copy of the same manifest is reused as it is, and only
-    files that differ are fetched again. Several processes (ranks) may fetch at once: files land by rename."""
-    store = open_store(url)
+def fetch(store: Store) -> Path:
+    """A local copy of the output in `store`, in the cache, one folder per URL. Each shard and `rejects.jsonl` is
+    checked against the manifest's sha256 as it arrives, and the manifest is written last, so a copy with a manifest
+    is complete; a copy of the same manifest is reused as it is, and only files that differ are fetched again. Several processes (the ranks of a run) fetching
+    at once take turns on a lock file beside the copy: the first downloads, the others find its copy complete."""
     local = cache_root() / "shards" / hashlib.sha256(store.url.encode()).hexdigest()[:16]
     try:
         text = store.read(MANIFEST)
@@ -273,9 +290,17 @@ def fetch(url: str) -> Path:
     except OSError as exc:
         raise InputError(f"{store.name(MANIFEST)}: cannot read: {exc.strerror or exc}") from None
     manifest = parse_manifest(text, store.name(MANIFEST))
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(local.with_name(f"{local.name}.lock")):
+        _copy_down(store, manifest, text, local)
+    return local
+
+
+def _copy_down(store: Store, manifest: Manifest, text: bytes, local: Path) -> None:
+    """Make `local` a complete copy of the output whose manifest is `text` (see `fetch`)."""
     copy = local / MANIFEST
     if copy.is_file() and copy.read_bytes() == text:
-        return local
+        return
     copy.unlink(missing_ok=True)
     checksums = {f"{split}/{shard.file}": shard.sha256 for split, info in manifest.splits.items() for shard in info.shards}
     checksums["rejects.jsonl"] = manifest.rejects_sha256
@@ -292,17 +317,17 @@ def fetch(url: str) -> Path:
         if stale.is_file() and not stale.name.startswith(".") and stale.relative_to(local).as_posix() not in keys:
             stale.unlink()
     write_atomic(copy, text)
-    return local
 
 
-def _open_split(name: str, files: list[Path]) -> Split:
+def _open_split(name: str, files: list[Path], shown: Callable[[Path], str]) -> Split:
+    """Split `name` from its `files`; `shown` names a file in messages."""
     batches = []
     for file in files:
         try:
             batches.extend(pa.ipc.open_stream(pa.memory_map(str(file), "r")).read_all().to_batches())
         except (OSError, pa.ArrowInvalid) as e:
-            raise InputError(f"{file}: not a readable Arrow stream: {e}") from None
-    where = files[0].parent if files else name
+            raise InputError(f"{shown(file)}: not a readable Arrow stream: {e}") from None
+    where = shown(files[0].parent) if files else name
     table = pa.Table.from_batches(batches) if batches else SCHEMA.empty_table()
     _require_columns(table.schema, where)
     chunks, counts = [], []

@@ -11,6 +11,7 @@ import bisect
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,16 +21,17 @@ from pipeline.shards.format import IGNORE_INDEX
 from pipeline.shards.reader import Shards, Split, open_shards
 
 
-def open_training_shards(path: Path | str) -> Shards:
-    """Open a `preprocess` output for training. Raises `InputError` for anything the trainer cannot use safely: no
-    train split, an empty one, a token outside the manifest's vocabulary, a label that is not unshifted."""
-    shards = open_shards(path)
+def open_training_shards(path: Path | str, storage_options: dict[str, Any] | None = None) -> Shards:
+    """Open a `preprocess` output for training (`storage_options`: how to reach one in object storage). Raises
+    `InputError` for anything the trainer cannot use safely: no train split, an empty one, a token outside the
+    manifest's vocabulary, a label that is not unshifted."""
+    shards = open_shards(path, storage_options)
     if "train" not in shards.manifest.splits:
-        raise InputError(f"{shards.path}: manifest.json has no 'train' split")
+        raise InputError(f"{shards.where}: manifest.json has no 'train' split")
     for split in shards.splits.values():
         split.check_tokens(shards.manifest.tokenizer.vocab_size)
     if len(shards.split("train")) == 0:
-        raise InputError(f"{shards.path}: the train split is empty")
+        raise InputError(f"{shards.where}: the train split is empty")
     return shards
 
 

@@ -121,7 +121,7 @@ def _train(cfg: TrainConfig, *, rank: int, world: int, device_index: int | None)
     check_report_to(cfg.report_to)
 
     # -- data: only the manifest and the memory-mapped Arrow files --------------------------------------------
-    shards = open_training_shards(cfg.data)
+    shards = open_training_shards(cfg.data, cfg.data_storage_options)
     token_info = shards.manifest.tokenizer  # ids and vocabulary size, without loading the tokenizer
     train_split, eval_split = shards.splits["train"], shards.splits.get("eval")
     pack_length = cfg.pack_length or int(train_split.lengths.max())

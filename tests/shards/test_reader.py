@@ -174,6 +174,58 @@ def test_a_shard_in_storage_that_differs_from_the_manifest_is_refused(out, on_s3
         open_shards(on_s3)
 
 
+def test_errors_in_a_copied_down_output_name_its_url_not_the_cache(out, s3_env, tmp_path, monkeypatch):
+    from pipeline.checksums import sha256_file
+
+    shard = out / "train" / "data-00001-of-00003.arrow"
+    shard.write_bytes(b"not an arrow stream")  # with the manifest's sha256 to match: only reading it finds out
+    edit_manifest(out, lambda m: m["splits"]["train"]["shards"][1].update(sha256=sha256_file(shard)))
+    edit_manifest(out, lambda m: m["config"].update(truncation={"max_length": "long"}))
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
+    url = f"s3://{s3_env}/shards"
+    _upload(out, url)
+    shards = open_shards(url)
+    named = rf"^{url}/train/data-00001-of-00003.arrow: not a readable Arrow stream"
+    with pytest.raises(InputError, match=named):
+        shards.split("train")
+    with pytest.raises(InputError, match=named):
+        list(shards.stream("train"))
+    with pytest.raises(InputError, match=rf"^{url}/manifest.json is not a valid manifest: config.truncation"):
+        shards.config_section("truncation", TruncationConfig)
+
+
+def test_processes_fetching_the_same_output_at_once_download_it_once(on_s3, monkeypatch):
+    import threading
+    import time
+
+    from pipeline.storage import Store
+
+    fetched = []
+    download = Store.download
+
+    def slow_download(self, rel, local):
+        fetched.append(rel)
+        time.sleep(0.05)  # long enough for the other fetch to start meanwhile
+        download(self, rel, local)
+
+    monkeypatch.setattr(Store, "download", slow_download)
+    paths, errors = [], []
+
+    def fetch_one():
+        try:
+            paths.append(open_shards(on_s3).path)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    workers = [threading.Thread(target=fetch_one) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors and len(paths) == 2 and paths[0] == paths[1]
+    assert fetched and len(fetched) == len(set(fetched)), fetched
+
+
 def test_a_prefix_without_a_manifest_is_not_an_output(s3_env):
     pytest.importorskip("s3fs")
     with pytest.raises(InputError, match=r"s3://.*/nothing is not a preprocess output: no manifest.json"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.train.loop import train
 from schemas.train_config import load_train_config
-from tests.train.train_helpers import VOCAB, copy_run_until, run_cli, save_tiny_llama, write_shards
+from tests.train.train_helpers import REPO, VOCAB, copy_run_until, run_cli, save_tiny_llama, write_shards
 
 FAST = {"tiny_hidden": 32, "tiny_heads": 2, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4}
 
@@ -144,6 +145,39 @@ def test_torchrun_two_ranks(shards, tmp_path):
         run(shards, out, max_steps=3, batch_size=2, grad_accum=2, lr=3e-4, min_lr=3e-5, device="cpu", resume=True)
 
 
+# Loaded by each rank before the CLI: every download from object storage is appended to $DOWNLOAD_LOG.
+_LOG_DOWNLOADS = """
+import os
+from pipeline.storage import Store
+
+download = Store.download
+def logged(self, rel, local):
+    with open(os.environ["DOWNLOAD_LOG"], "a") as log:
+        log.write(rel + "\\n")
+    download(self, rel, local)
+Store.download = logged
+"""
+
+
+def test_torchrun_ranks_reading_from_object_storage_download_each_file_once(shards, s3_env, tmp_path):
+    pytest.importorskip("s3fs")
+    from pipeline.storage import open_store
+
+    url = f"s3://{s3_env}/shards"
+    open_store(url).upload((p, p.relative_to(shards).as_posix()) for p in sorted(shards.rglob("*")) if p.is_file())
+    hook, log = tmp_path / "hook", tmp_path / "downloads.log"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_LOG_DOWNLOADS)
+    env = {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "DOWNLOAD_LOG": str(log), "CHATSHARD_CACHE": str(tmp_path / "c")}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = run_cli("train", "--data", url, "--out", str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "2",
+                   "--tiny-hidden", "32", "--tiny-heads", "2", "--device", "cpu", launcher=launcher, env=env,
+                   timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fetched = log.read_text().split()
+    assert "train/data-00000-of-00001.arrow" in fetched and len(fetched) == len(set(fetched)), fetched
+
+
 def test_cli_errors_exit_2_without_traceback(shards, saved_model, tmp_path):
     runner = CliRunner()
     cases = [
@@ -186,3 +220,22 @@ def test_trains_on_the_demo_shards_from_object_storage(s3_env, tmp_path, monkeyp
     ckpt = torch.load(sorted((out / "checkpoints").iterdir())[-1], weights_only=False)
     assert ckpt["data"]["path"] == url
     assert json.loads((out / "config.json").read_text())["data"] == url
+
+
+def test_trains_from_object_storage_with_the_data_storage_options_and_no_aws_variables(shards, s3_env, tmp_path,
+                                                                                       monkeypatch):
+    pytest.importorskip("s3fs")
+    import os
+
+    from pipeline.storage import open_store
+
+    url = f"s3://{s3_env}/shards"
+    open_store(url).upload((p, p.relative_to(shards).as_posix()) for p in sorted(shards.rglob("*")) if p.is_file())
+    options = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"], "key": "testing", "secret": "s3cr3t-value"}
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CHATSHARD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    run(url, out, max_steps=2, data_storage_options={**options, "secret": "testing"})
+    assert len(losses(out)) == 2
+    assert "data_storage_options" not in (out / "config.json").read_text()
