@@ -133,13 +133,19 @@ def resolve_inputs(inputs: Sequence[str], storage_options: Mapping[str, Any] | N
     return find_inputs(inputs, storage_options).files
 
 
+def file_identity(path: InputPath) -> str:
+    """What makes two input names the same file: a local file's real path (links and `..` resolved), a remote
+    file's URL."""
+    return str(path) if isinstance(path, RemoteFile) else os.path.realpath(path)
+
+
 def _read_once(paths: list[InputPath]) -> list[InputPath]:
     """Each real file once, under the first name given. The same name given twice is dropped quietly (overlapping
     globs); the same file under another name is named on stderr, since the arguments probably say less than meant."""
     first: dict[str, InputPath] = {}
     others: dict[InputPath, list[InputPath]] = {}
     for path in paths:
-        kept = first.setdefault(str(path) if isinstance(path, RemoteFile) else os.path.realpath(path), path)
+        kept = first.setdefault(file_identity(path), path)
         if kept != path and path not in others.setdefault(kept, []):
             others[kept].append(path)
     repeats = [f"{kept} (also given as {', '.join(map(str, also))})" for kept, also in others.items() if also]

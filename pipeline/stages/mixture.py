@@ -26,7 +26,6 @@ A file belongs to one source: its rows are counted for that source in the manife
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,7 @@ import numpy as np
 from pipeline.errors import InputError, RowError
 from pipeline.shards.format import SourceEntry
 from pipeline.stages import adapt
-from pipeline.stages.ingest import Inputs, RawRecord, detect_formats, find_inputs, read_records
-from pipeline.stages.remote import RemoteFile
+from pipeline.stages.ingest import Inputs, RawRecord, detect_formats, file_identity, find_inputs, read_records
 from pipeline.stages.row import Row
 from pipeline.step import Chain, RowStep, Tally
 from schemas.mixture import MixtureConfig, MixtureSource
@@ -130,7 +128,7 @@ def find_sources(specs: Sequence[MixtureSource]) -> list[Source]:
         except InputError as e:
             raise InputError(f"sources.{index}: {e}") from None
         for path in source.inputs.files:
-            first = owner.setdefault(str(path) if isinstance(path, RemoteFile) else os.path.realpath(path), source)
+            first = owner.setdefault(file_identity(path), source)
             if first is not source:
                 raise InputError(f"{path}: named by {first.name} and {source.name}; a file belongs to one source")
         sources.append(source)
