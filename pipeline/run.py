@@ -21,7 +21,7 @@ from pipeline.chain import Toolkit, build_chain
 from pipeline.checksums import sha256_file
 from pipeline.engines.chunk import BatchTask
 from pipeline.engines.journal import WORK_DIR, Journal
-from pipeline.engines.local import count_row_tokens, run_local
+from pipeline.engines.local import count_row_tokens, run_local, worker_pool
 from pipeline.engines.plan import input_items, plan_chunks, plan_drawn_chunks
 from pipeline.errors import InputError, PipelineError
 from pipeline.outputs import OwnedDir, claim, write_atomic
@@ -76,11 +76,12 @@ def preprocess(config: PreprocessConfig, out: Path, *, ray_address: str | None =
                       else plan_chunks(formats, config.source, rows_per_shard))
             _journal(journal, ray_engine.run_ray(config, chunks, formats, journal.work, journal.finished), on_journal)
     else:
-        if mixture:
-            mixture = mixture.counted(lambda first: count_row_tokens(config, task, first.records()))
-        items = mixture.records() if mixture else input_items(formats, config.source,
-                                                              by_workers=config.output.workers > 1)
-        _journal(journal, run_local(config, task, items, journal.work, journal.finished), on_journal)
+        with worker_pool(config, task) as pool:
+            if mixture:
+                mixture = mixture.counted(lambda first: count_row_tokens(config, pool, first.records()))
+            items = mixture.records() if mixture else input_items(formats, config.source,
+                                                                  by_workers=config.output.workers > 1)
+            _journal(journal, run_local(config, pool, items, journal.work, journal.finished), on_journal)
     stats = Stats()
     shards: dict[str, list[tuple[Path, ShardInfo]]] = {s: [] for s in SPLITS}
     for receipt in journal.receipts():

@@ -22,7 +22,7 @@ from schemas.config import PreprocessConfig
 from schemas.sources import SourceConfig
 
 
-def run_local(config: PreprocessConfig, task: BatchTask, items: Iterable[Item], work: Path,
+def run_local(config: PreprocessConfig, pool: BatchPool, items: Iterable[Item], work: Path,
               finished: Callable[[int], bool]) -> Iterator[tuple[int, dict[str, Any]]]:
     """`(index, receipt)` of each chunk of `items` (the run's input, streamed: records, or where they are) not
     `finished` yet, in chunk order, its files written into `work`.
@@ -42,17 +42,16 @@ def run_local(config: PreprocessConfig, task: BatchTask, items: Iterable[Item], 
                 sent.append(index)
                 yield pack(batch)
 
-    with _executor(config, BatchReader(task, config.source)) as pool:
-        files: ChunkFiles | None = None
-        for part in pool.map(batches_to_run()):
-            index = sent.popleft()
-            if files is not None and files.index != index:
-                yield files.index, files.close()
-                files = None
-            files = files or ChunkFiles(work, index)
-            files.add(part)
-        if files is not None:
+    files: ChunkFiles | None = None
+    for part in pool.map(batches_to_run()):
+        index = sent.popleft()
+        if files is not None and files.index != index:
             yield files.index, files.close()
+            files = None
+        files = files or ChunkFiles(work, index)
+        files.add(part)
+    if files is not None:
+        yield files.index, files.close()
 
 
 class BatchReader:
@@ -70,12 +69,12 @@ def build_reader(config: PreprocessConfig) -> BatchReader:
     return BatchReader(build_task(config), config.source)
 
 
-def count_row_tokens(config: PreprocessConfig, task: BatchTask, records: Records) -> Iterator[int]:
-    """A mixture's counting pass on the worker pool: each record's tokens as written (0 when rejected or filtered)."""
-    with _executor(config, BatchReader(task, config.source)) as pool:
-        batched = batches(progress(records, desc="count tokens"), config.output.batch_size)
-        for counts in pool.map(batched, using=_row_tokens):
-            yield from counts
+def count_row_tokens(config: PreprocessConfig, pool: BatchPool, records: Records) -> Iterator[int]:
+    """A mixture's counting pass on the run's worker pool: each record's tokens as written (0 when rejected or
+    filtered)."""
+    batched = batches(progress(records, desc="count tokens"), config.output.batch_size)
+    for counts in pool.map(batched, using=_row_tokens):
+        yield from counts
 
 
 def _row_tokens(reader: BatchReader, records: list) -> list[int]:
@@ -84,8 +83,9 @@ def _row_tokens(reader: BatchReader, records: list) -> list[int]:
 
 
 @contextmanager
-def _executor(config: PreprocessConfig, task: BatchReader) -> Iterator[BatchPool]:
-    """The worker pool for the run.
+def worker_pool(config: PreprocessConfig, task: BatchTask) -> Iterator[BatchPool]:
+    """The worker pool for the run (its counting pass, if any, and its chunks), each worker running a
+    `BatchReader` around `task`.
 
     Everything alive now (modules, tokenizer, template) lives for the whole run: `gc.freeze` takes it out of the
     garbage collector's full passes, which otherwise rescan it again and again while rows are processed (about a
@@ -95,7 +95,8 @@ def _executor(config: PreprocessConfig, task: BatchReader) -> Iterator[BatchPool
     if froze:
         gc.freeze()
     try:
-        with BatchPool(task, workers=config.output.workers, build=functools.partial(build_reader, config)) as pool:
+        with BatchPool(BatchReader(task, config.source), workers=config.output.workers,
+                       build=functools.partial(build_reader, config)) as pool:
             yield pool
     finally:
         if froze:
