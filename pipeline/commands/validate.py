@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,8 +89,12 @@ def validate_inputs(
     formats = detect_formats(resolve_inputs(inputs, source.storage_options), source)
     report = ValidationReport(files={str(path): fmt for path, fmt in formats.items()})
     counts = report.counts
-    tmp = rejects.with_name(f".{rejects.name}.tmp-{os.getpid()}") if rejects is not None else None
-    out = open(tmp, "w", encoding="utf-8") if tmp is not None else None
+    out = None
+    if rejects is not None:  # a temp file of our own (created, never opened over another's), renamed when complete
+        handle, name = tempfile.mkstemp(dir=rejects.parent, prefix=f".{rejects.name}.", suffix=".tmp")
+        tmp, out = Path(name), os.fdopen(handle, "w", encoding="utf-8")
+    else:
+        tmp = None
     try:
         for item in progress(read_conversations(formats, source), desc="validate", enabled=show_progress):
             counts.read += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,13 @@ def test_validate_inputs_opens_each_file_once_to_detect_its_format_and_once_for_
     monkeypatch.setattr(ingest, "_open", lambda path: (opened.update([path.name]), real_open(path))[1])
     report = validate_inputs([str(DATA / "messy.jsonl")], SRC)
     assert report.read == 10 and opened == {"messy.jsonl": 2}
+
+
+def test_a_file_beside_rejects_named_like_a_temp_file_is_left_alone(tmp_path):
+    theirs = tmp_path / f".rejects.jsonl.tmp-{os.getpid()}"
+    theirs.write_text("someone's notes")
+    validate_inputs([str(DATA / "messy.jsonl")], SRC, rejects=tmp_path / "rejects.jsonl")
+    assert theirs.read_text() == "someone's notes"
 
 
 def test_validate_inputs_leaves_no_rejects_file_when_a_file_is_unreadable(tmp_path):
