@@ -306,6 +306,10 @@ def _copy_down(store: Store, manifest: Manifest, text: bytes, local: Path) -> No
     checksums["rejects.jsonl"] = manifest.rejects_sha256
     keys = [k for k in store.keys() if k not in (MANIFEST, LEDGER) and not k.startswith(".")]  # not the journal
     for key in keys:
+        if not _plain_path(key):
+            raise InputError(f"{store.name(key)}: not a plain path inside the output (an empty, `.` or `..` part); "
+                             "it would be copied outside the local copy, so the output is not read")
+    for key in keys:
         file, want = local / key, checksums.get(key)
         if want and file.is_file() and sha256_file(file) == want:
             continue
@@ -317,6 +321,11 @@ def _copy_down(store: Store, manifest: Manifest, text: bytes, local: Path) -> No
         if stale.is_file() and not stale.name.startswith(".") and stale.relative_to(local).as_posix() not in keys:
             stale.unlink()
     write_atomic(copy, text)
+
+
+def _plain_path(key: str) -> bool:
+    """Whether a store key names a file inside the folder it is copied into: relative, no empty, `.` or `..` part."""
+    return all(part not in ("", ".", "..") for part in key.split("/"))
 
 
 def _open_split(name: str, files: list[Path], shown: Callable[[Path], str]) -> Split:

@@ -194,6 +194,15 @@ def test_errors_in_a_copied_down_output_name_its_url_not_the_cache(out, s3_env, 
         shards.config_section("truncation", TruncationConfig)
 
 
+def test_a_key_that_would_land_outside_the_copy_is_refused_and_nothing_is_written_there(on_s3, s3_env, tmp_path):
+    import boto3
+
+    boto3.client("s3").put_object(Bucket=s3_env, Key="shards/train/../../../escaped.txt", Body=b"x")
+    with pytest.raises(InputError, match=r"shards/train/\.\./\.\./\.\./escaped.txt: not a plain path inside the output"):
+        open_shards(on_s3)
+    assert not any(p.name == "escaped.txt" for p in tmp_path.rglob("*"))
+
+
 def test_processes_fetching_the_same_output_at_once_download_it_once(on_s3, monkeypatch):
     import threading
     import time
