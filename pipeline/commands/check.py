@@ -27,7 +27,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from pipeline.checksums import sha256_file
 from pipeline.encoders.hf import component_json
 from pipeline.shards.format import IGNORE_INDEX, Manifest
 from pipeline.shards.reader import RowSample, Shards, iter_batches, open_shards, row_arrays
@@ -500,7 +499,7 @@ def check_decode_round_trip(output: Output, scan: Scan, config: CheckConfig) -> 
 
 def check_checksums(output: Output, scan: Scan, config: CheckConfig) -> CheckResult:
     files = [(split, path, entry) for split in output.shards.split_names for path, entry in output.shards.files(split)]
-    differ = [f"{split}/{path.name}" for split, path, entry in files if sha256_file(path) != entry.sha256]
+    differ = [f"{path.parent.name}/{path.name}" for path in output.shards.changed_files()]
     problems = [f"{name}: sha256 differs from the manifest" for name in differ]
     problems += [f"{name}: unreadable ({error})" for name, error in scan.unreadable.items()]
     arrow = [p for split in output.shards.split_names for p in (output.path / split).glob("*.arrow")]

@@ -101,12 +101,11 @@ def export(directory: Path | str, consumer: Consumer, out: Path | str,
 
 def _refuse_changed_files(shards: Shards) -> None:
     """A copy of a shard file that differs from its manifest entry would pass the damage on unnoticed."""
-    for split in shards.split_names:
-        for path, entry in shards.files(split):
-            if sha256_file(path) != entry.sha256:
-                raise InputError(f"{shards.shown(path)}: sha256 differs from {shards.shown(shards.path / MANIFEST)}; "
-                                 "the shards changed after preprocess wrote them (`python -m pipeline check "
-                                 f"{shards.where}` says more)")
+    changed = shards.changed_files()
+    if changed:
+        raise InputError(f"{shards.shown(changed[0])}: sha256 differs from {shards.shown(shards.path / MANIFEST)}; "
+                         "the shards changed after preprocess wrote them (`python -m pipeline check "
+                         f"{shards.where}` says more)")
 
 
 def _copy_file(source: Path, dest: Path, columns: tuple[str, ...]) -> tuple[Path, ShardInfo]:

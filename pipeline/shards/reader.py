@@ -204,6 +204,10 @@ class Shards:
         """The shard files of `split` in order, with their manifest entries."""
         return [(self.path / split / entry.file, entry) for entry in self.manifest.splits[split].shards]
 
+    def changed_files(self) -> list[Path]:
+        """The shard files, of every split, whose sha256 is not the one the manifest gives them."""
+        return [path for split in self.split_names for path, entry in self.files(split) if sha256_file(path) != entry.sha256]
+
     def split(self, name: str) -> Split:
         """Split `name`, memory-mapped (opened once)."""
         if name not in self._open:
